@@ -1,0 +1,421 @@
+"""FACET-VLM model: shapes, losses, gradients, ablation switches, save/load, remote code, dtypes, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, BertConfig
+
+from modeling_facet import FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMModel
+from modeling_facet.modeling_facet import gradient_friendly_loss
+
+
+NUM_CLASSES = 6
+
+
+def tiny(**overrides):
+    torch.manual_seed(0)
+    return FacetVLMForExpressionRecognition(FacetVLMConfig.from_preset("tiny", **overrides))
+
+
+def prompts(num_classes=NUM_CLASSES, length=7, seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, 1000, (num_classes, length), generator=generator)
+    ids[:, 0], ids[:, -1] = 0, 1  # bos ... eos of the tiny CLIP text config
+    return ids, torch.ones_like(ids)
+
+
+def views(batch=4, frames=None, seed=2, model=None):
+    config = (model.config if model is not None else FacetVLMConfig.from_preset("tiny"))
+    shape = (config.num_views, config.vision_config.num_channels, config.image_size, config.image_size)
+    shape = (batch,) + ((frames,) if frames else ()) + shape
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def grad_norm(module):
+    return sum(p.grad.abs().sum().item() for p in module.parameters() if p.grad is not None)
+
+
+def test_presets_build_and_configs():
+    config = FacetVLMConfig.from_preset("tiny")
+    assert config.num_views == 3 and config.vision_config.num_channels == 5
+    assert config.text_pooling == "eos" and config.id2label[3] == "happiness"
+    base = FacetVLMConfig.from_preset("base")
+    assert base.vision_config.patch_size == 16 and base.vision_config.hidden_size == 768
+    assert base.vision_config.num_channels == 3
+    small = FacetVLMConfig.from_preset("small", cvsa="mean")
+    assert small.vision_config.model_type == "convnext" and small.text_config.model_type == "bert"
+    assert small.text_pooling == "mean" and small.cvsa == "mean"
+    merged = FacetVLMConfig.from_preset("tiny", vision_config={"num_hidden_layers": 1})
+    assert merged.vision_config.num_hidden_layers == 1 and merged.vision_config.hidden_size == 32
+    with pytest.raises(ValueError, match="preset"):
+        FacetVLMConfig.from_preset("huge")
+    with pytest.raises(ValueError, match="cvsa"):
+        FacetVLMConfig.from_preset("tiny", cvsa="max")
+
+
+def test_static_forward_backward_all_losses():
+    model = tiny()
+    ids, mask = prompts()
+    out = model(pixel_values=views(), input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 2, 0]))
+    assert out.logits.shape == (4, NUM_CLASSES) and out.view_weights.shape == (4, 1, 3)
+    torch.testing.assert_close(out.view_weights.sum(-1), torch.ones(4, 1))
+    for term in (out.loss, out.loss_ce, out.loss_itc, out.loss_cons, out.loss_gf):
+        assert torch.isfinite(term) and term.dim() == 0
+    config = model.config
+    expected = (config.loss_weight_ce * out.loss_ce + config.loss_weight_itc * out.loss_itc
+                + config.loss_weight_cons * out.loss_cons + config.loss_weight_gf * out.loss_gf)  # fmt: skip
+    torch.testing.assert_close(out.loss, expected)
+    out.loss.backward()
+    facet = model.facet
+    for module in (facet.vision_towers, facet.text_model, facet.cvsa, facet.mtgf, facet.temporal,
+                   facet.visual_projection, facet.text_projection):  # fmt: skip
+        assert grad_norm(module) > 0, module.__class__.__name__
+    assert facet.logit_scale.grad.abs() > 0
+    assert 0 < out.margin < 1
+
+
+@pytest.mark.parametrize(
+    "term, reaches",
+    [("loss_ce", "text_model"), ("loss_itc", "logit_scale"), ("loss_cons", "vision_towers"), ("loss_gf", "visual_projection")],
+)
+def test_each_loss_term_reaches_its_parameters(term, reaches):
+    model = tiny()
+    ids, mask = prompts()
+    out = model(pixel_values=views(), input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 0, 1, 1]))
+    getattr(out, term).backward()
+    target = getattr(model, reaches, None)
+    if target is None:
+        target = getattr(model.facet, reaches)
+    grad = target.grad.abs().sum() if isinstance(target, torch.nn.Parameter) else grad_norm(target)
+    assert grad > 0
+
+
+def _unit(degrees):
+    radians = torch.tensor(degrees) * torch.pi / 180
+    return torch.stack([radians.cos(), radians.sin()], dim=-1)
+
+
+def test_gradient_friendly_margin_is_pushed_both_ways():
+    """The contrastive hinge raises the margin (negatives above it), the triplet hinge lowers it."""
+    labels = torch.tensor([0, 0, 1, 1])
+    # Identical positives, negatives at cos 0.8 > alpha = 0.3: only the contrastive hinge is active.
+    margin = torch.tensor(0.3, requires_grad=True)
+    gradient_friendly_loss(_unit([0.0, 0.0, 36.87, 36.87]), labels, margin).backward()
+    assert margin.grad < 0
+    # Spread positives, every negative below alpha = 0.99 in cosine: only the triplet hinge is active.
+    margin = torch.tensor(0.99, requires_grad=True)
+    gradient_friendly_loss(_unit([0.0, 50.0, 80.0, 130.0]), labels, margin).backward()
+    assert margin.grad > 0
+
+
+def test_4d_sequences_with_frame_mask():
+    model = tiny()
+    ids, mask = prompts()
+    pixels = views(batch=2, frames=4)
+    frame_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    out = model(pixel_values=pixels, input_ids=ids, attention_mask=mask, frame_mask=frame_mask,
+                labels=torch.tensor([1, 4]))  # fmt: skip
+    assert out.logits.shape == (2, NUM_CLASSES) and out.view_weights.shape == (2, 4, 3)
+    assert (out.frame_weights[~frame_mask] == 0).all()
+    torch.testing.assert_close(out.frame_weights.sum(-1), torch.ones(2))
+    out.loss.backward()
+    # Padded frames are ignored: changing their pixels leaves the output unchanged.
+    pixels[0, 3] = 100.0
+    model.eval()
+    with torch.no_grad():
+        a = model(pixel_values=pixels, input_ids=ids, frame_mask=frame_mask).logits
+        pixels[0, 3] = -100.0
+        b = model(pixel_values=pixels, input_ids=ids, frame_mask=frame_mask).logits
+    torch.testing.assert_close(a, b)
+
+
+def test_static_scan_equals_one_frame_sequence():
+    model = tiny().eval()
+    ids, _ = prompts()
+    pixels = views(batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(pixel_values=pixels, input_ids=ids).logits,
+            model(pixel_values=pixels.unsqueeze(1), input_ids=ids).logits,
+        )
+
+
+def test_several_prompts_per_class_are_averaged():
+    model = tiny().eval()
+    ids, mask = prompts(length=6)
+    stacked = torch.stack([ids, prompts(length=6, seed=5)[0]], dim=1)  # (C, K=2, L)
+    with torch.no_grad():
+        single = [model.facet.get_text_features(stacked[:, k]) for k in range(2)]
+        averaged = model.facet.get_text_features(stacked)
+    expected = torch.nn.functional.normalize(single[0] + single[1], dim=-1)
+    torch.testing.assert_close(averaged, expected)
+
+
+def _logits(model, pixels, ids):
+    model.eval()
+    with torch.no_grad():
+        return model(pixel_values=pixels, input_ids=ids)
+
+
+def test_cvsa_modes():
+    ids, _ = prompts()
+    pixels = views()
+    mean = _logits(tiny(cvsa="mean"), pixels, ids)
+    torch.testing.assert_close(mean.view_weights, torch.full((4, 1, 3), 1 / 3))
+    attention = _logits(tiny(cvsa="attention"), pixels, ids)
+    assert not torch.allclose(attention.view_weights[0], attention.view_weights[1])  # depends on the sample
+    weighted = tiny(cvsa="weights")
+    with torch.no_grad():
+        weighted.facet.cvsa.view_logits.copy_(torch.tensor([2.0, 0.0, -1.0]))
+    out = _logits(weighted, pixels, ids)
+    torch.testing.assert_close(out.view_weights, torch.tensor([2.0, 0.0, -1.0]).softmax(0).expand(4, 1, 3))
+
+
+def test_mtgf_makes_the_face_embedding_depend_on_the_prompts():
+    pixels = views()
+    ids_a, ids_b = prompts(seed=1)[0], prompts(seed=9)[0]
+    with_mtgf, without = tiny(mtgf=True), tiny(mtgf=False)
+    assert without.facet.mtgf is None
+    assert not torch.allclose(_logits(with_mtgf, pixels, ids_a).face_embeds, _logits(with_mtgf, pixels, ids_b).face_embeds)
+    torch.testing.assert_close(_logits(without, pixels, ids_a).face_embeds, _logits(without, pixels, ids_b).face_embeds)
+
+
+def test_temporal_modes_order_sensitivity():
+    ids, _ = prompts()
+    pixels = views(batch=2, frames=3)
+    reversed_pixels = pixels.flip(1)
+    transformer, mean = tiny(temporal="transformer"), tiny(temporal="mean")
+    with torch.no_grad():
+        transformer.facet.temporal.position_embeddings.normal_(std=1.0)
+    torch.testing.assert_close(_logits(mean, pixels, ids).face_embeds, _logits(mean, reversed_pixels, ids).face_embeds)
+    assert not torch.allclose(
+        _logits(transformer, pixels, ids).face_embeds, _logits(transformer, reversed_pixels, ids).face_embeds
+    )
+    torch.testing.assert_close(_logits(mean, pixels, ids).frame_weights, torch.full((2, 3), 1 / 3))
+
+
+def test_per_view_towers_and_view_embeddings():
+    model = tiny(shared_vision_tower=False, use_view_embeddings=False)
+    assert len(model.facet.vision_towers) == 3 and model.facet.view_embeddings is None
+    ids, _ = prompts()
+    out = model(pixel_values=views(), input_ids=ids, labels=torch.tensor([0, 1, 2, 3]))
+    out.loss.backward()
+    assert all(grad_norm(tower) > 0 for tower in model.facet.vision_towers)
+
+
+def test_loss_switches():
+    ids, _ = prompts()
+    labels = torch.tensor([0, 0, 1, 1])
+    kwargs = dict(pixel_values=views(), input_ids=ids, labels=labels)
+    with_kl, without_kl = tiny(consistency_kl=True)(**kwargs), tiny(consistency_kl=False)(**kwargs)
+    assert with_kl.loss_cons > without_kl.loss_cons
+    only_ce = tiny(loss_weight_itc=0.0, loss_weight_cons=0.0, loss_weight_gf=0.0)(**kwargs)
+    torch.testing.assert_close(only_ce.loss, only_ce.loss_ce)
+    summed = tiny(gf_reduction="sum")(**kwargs)
+    assert summed.loss_gf > with_kl.loss_gf
+
+
+def test_single_view_model_has_zero_consistency_loss():
+    model = tiny(views=[[0, 0]])
+    ids, _ = prompts()
+    out = model(pixel_values=views(model=model), input_ids=ids, labels=torch.tensor([0, 1, 2, 3]))
+    assert out.loss_cons.item() == 0.0 and torch.isfinite(out.loss)
+
+
+def test_own_prompts_feed_the_contrastive_loss():
+    model = tiny()
+    ids, _ = prompts()
+    labels = torch.tensor([0, 1, 2, 3])
+    default = model(pixel_values=views(), input_ids=ids, labels=labels)
+    own = model(pixel_values=views(), input_ids=ids, labels=labels, prompt_input_ids=prompts(4, seed=7)[0])
+    assert not torch.isclose(default.loss_itc, own.loss_itc)
+
+
+def test_multi_label_problem():
+    model = tiny(problem_type="multi_label_classification")
+    ids, _ = prompts()
+    labels = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 1, 0, 0, 0, 0], [1, 0, 1, 0, 0, 0], [0, 0, 0, 0, 0, 1]]).float()
+    out = model(pixel_values=views(), input_ids=ids, labels=labels)
+    assert out.logits.shape == (4, 6)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(out.logits, labels)
+    torch.testing.assert_close(out.loss_ce, expected)
+    out.loss.backward()
+    assert model.logit_bias.grad.abs() > 0
+
+
+def test_bert_family_text_tower():
+    text = BertConfig(vocab_size=200, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=32).to_dict()  # fmt: skip
+    model = tiny(text_config=text)
+    assert model.config.text_pooling == "mean" and type(model.facet.text_model).__name__ == "BertModel"
+    ids = torch.randint(5, 200, (6, 5))
+    mask = torch.ones_like(ids)
+    mask[:, -2:] = 0
+    out = model(pixel_values=views(), input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 2, 3]))
+    out.loss.backward()
+    assert grad_norm(model.facet.text_model) > 0
+    # mean pooling ignores padded positions
+    model.eval()
+    with torch.no_grad():
+        changed = ids.clone()
+        changed[:, -2:] = 7
+        torch.testing.assert_close(model.facet.get_text_features(ids, mask), model.facet.get_text_features(changed, mask))
+
+
+@pytest.mark.parametrize(
+    "vision",
+    [
+        {"model_type": "vit", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "intermediate_size": 20, "image_size": 32, "patch_size": 8},
+        {"model_type": "convnext", "hidden_sizes": [8, 16], "depths": [1, 1], "num_stages": 2},
+        {"model_type": "resnet", "hidden_sizes": [8, 16], "depths": [1, 1], "embedding_size": 8},
+    ],
+    ids=["vit", "convnext", "resnet"],
+)  # fmt: skip
+def test_vision_backbones(vision):
+    model = tiny(vision_config=vision)
+    ids, _ = prompts()
+    out = model(pixel_values=views(), input_ids=ids, labels=torch.tensor([0, 1, 2, 3]))
+    out.loss.backward()
+    assert grad_norm(model.facet.vision_towers) > 0
+
+
+def test_activation_checkpointing_gives_same_gradients():
+    ids, _ = prompts()
+    labels = torch.tensor([0, 1, 2, 3])
+    grads = []
+    for checkpointing in (False, True):
+        model = tiny()
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.facet.gradient_checkpointing and model.is_activation_checkpointing
+        model(pixel_values=views(), input_ids=ids, labels=labels).loss.backward()
+        grads.append(model.facet.visual_projection.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_bfloat16_forward():
+    model = tiny().to(torch.bfloat16).eval()
+    ids, _ = prompts()
+    with torch.no_grad():
+        out = model(pixel_values=views(), input_ids=ids, labels=torch.tensor([0, 1, 2, 3]))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny().eval()
+    ids, _ = prompts()
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"model.safetensors", "config.json", "modeling_facet.py", "configuration_facet.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert set(auto_map) >= {"AutoConfig", "AutoModel", "AutoModelForZeroShotImageClassification"}
+    loaded = FacetVLMForExpressionRecognition.from_pretrained(tmp_path).eval()
+    pixels = views()
+    torch.testing.assert_close(_logits(model, pixels, ids).logits, _logits(loaded, pixels, ids).logits, rtol=0, atol=0)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), FacetVLMConfig)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert isinstance(base, FacetVLMModel)
+    torch.testing.assert_close(
+        base(pixel_values=pixels, input_ids=ids).face_embeds, _logits(model, pixels, ids).face_embeds
+    )
+    assert isinstance(AutoModelForZeroShotImageClassification.from_pretrained(tmp_path), FacetVLMForExpressionRecognition)
+
+
+def test_trust_remote_code_in_a_process_without_the_package(tmp_path):
+    model = tiny().eval()
+    ids, _ = prompts()
+    pixels = views()
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    torch.save({"pixels": pixels, "ids": ids}, tmp_path / "inputs.pt")
+    expected = _logits(model, pixels, ids).logits
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["modeling_facet"] = None  # the package must not be importable here
+        try:
+            import modeling_facet
+            raise SystemExit("modeling_facet was importable")
+        except ImportError:
+            pass
+        import torch
+        from transformers import AutoModel, AutoModelForZeroShotImageClassification
+        inputs = torch.load({str(tmp_path / "inputs.pt")!r})
+        model = AutoModelForZeroShotImageClassification.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
+        base = AutoModel.from_pretrained({str(checkpoint)!r}, trust_remote_code=True)
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert type(base).__name__ == "FacetVLMModel"
+        with torch.no_grad():
+            logits = model.eval()(pixel_values=inputs["pixels"], input_ids=inputs["ids"]).logits
+        torch.save(logits, {str(tmp_path / "logits.pt")!r})
+        """
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": ""}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected)
+
+
+def test_from_vision_text_pretrained(tmp_path):
+    from transformers import BertModel, CLIPConfig, CLIPModel
+
+    clip = CLIPModel(CLIPConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        text_config=dict(vocab_size=100, hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=16),
+    ))  # fmt: skip
+    clip.save_pretrained(tmp_path / "clip")
+    bert = BertModel(BertConfig(vocab_size=100, hidden_size=24, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, max_position_embeddings=16))  # fmt: skip
+    bert.save_pretrained(tmp_path / "bert")
+    model = FacetVLMForExpressionRecognition.from_vision_text_pretrained(
+        str(tmp_path / "clip"), str(tmp_path / "bert"), channels=("texture",), image_size=32, projection_dim=16,
+        fusion_heads=2,
+    )
+    clip_vision_state = {k.split("vision_model.", 1)[1]: v for k, v in clip.state_dict().items() if k.startswith("vision_model.")}
+    for key, value in model.facet.vision_towers[0].state_dict().items():
+        torch.testing.assert_close(value, clip_vision_state[key])
+    for key, value in model.facet.text_model.state_dict().items():
+        torch.testing.assert_close(value, bert.state_dict()[key])
+    assert model.config.text_pooling == "mean"
+    with pytest.raises(ValueError, match="channels"):
+        FacetVLMForExpressionRecognition.from_vision_text_pretrained(str(tmp_path / "clip"), str(tmp_path / "bert"))
+
+
+@pytest.mark.parametrize(
+    "make_inputs, message",
+    [
+        (lambda: dict(pixel_values=torch.randn(4, 5, 32, 32)), "pixel_values must be"),
+        (lambda: dict(pixel_values=torch.randn(4, 2, 5, 32, 32)), "2 views"),
+        (lambda: dict(pixel_values=torch.randn(4, 3, 3, 32, 32)), "3 channels"),
+        (lambda: dict(pixel_values=views(), labels=torch.tensor([0, 1, 6, 2])), r"\[0, 6\)"),
+        (lambda: dict(pixel_values=views(), labels=torch.tensor([0, -1, 2, 2])), r"\[0, 6\)"),
+        (lambda: dict(pixel_values=views(), labels=torch.tensor([0, 1])), "2 entries for a batch of 4"),
+        (lambda: dict(pixel_values=views(batch=2, frames=3), frame_mask=torch.ones(3, 3, dtype=torch.bool)),
+         "frame_mask has shape"),
+        (lambda: dict(pixel_values=views(batch=2, frames=3), frame_mask=torch.zeros(2, 3, dtype=torch.bool)),
+         "at least one real frame"),
+        (lambda: dict(pixel_values=views(batch=1, frames=17)), "max_frames"),
+        (lambda: dict(pixel_values=views(), labels=torch.tensor([0, 1, 2, 3]), prompt_input_ids=prompts(3)[0]),
+         "3 rows for a batch of 4"),
+    ],
+    ids=["rank", "views", "channels", "label-high", "label-negative", "label-batch", "frame-mask-shape",
+         "frame-mask-empty", "too-many-frames", "prompt-batch"],
+)  # fmt: skip
+def test_bad_input_gives_clear_error(make_inputs, message):
+    model = tiny()
+    with pytest.raises(ValueError, match=message):
+        model(input_ids=prompts()[0], **make_inputs())
+
+
+def test_missing_prompts_error():
+    with pytest.raises(ValueError, match="input_ids"):
+        tiny()(pixel_values=views())
