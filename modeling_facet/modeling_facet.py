@@ -201,7 +201,8 @@ class FacetVLMPreTrainedModel(PreTrainedModel):
         elif isinstance(module, FacetVLMForExpressionRecognition):
             margin = min(max(self.config.margin_init, 1e-4), 1 - 1e-4)
             init.constant_(module.margin_raw, math.log(margin / (1 - margin)))
-            init.zeros_(module.logit_bias)
+            if module.logit_bias is not None:
+                init.zeros_(module.logit_bias)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """As `PreTrainedModel.save_pretrained`; with remote code enabled, `auto_map` names every FACET-VLM Auto
@@ -259,7 +260,16 @@ class FacetVLMModel(FacetVLMPreTrainedModel):
         self.temporal = TemporalPooling(config)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.gradient_checkpointing = False
+        self._frozen_text_cache = {}
+        if config.freeze_text_tower:
+            self.text_model.requires_grad_(False)
         self.post_init()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.config.freeze_text_tower:
+            self.text_model.eval()  # a frozen tower keeps deterministic (dropout-free) features
+        return self
 
     def load_pretrained_text_tower(self):
         """Initialise the text tower from `config.text_pretrained` (the installed all-MiniLM-L6-v2 package)."""
@@ -274,6 +284,7 @@ class FacetVLMModel(FacetVLMPreTrainedModel):
         missing, unexpected = self.text_model.load_state_dict(pretrained.state_dict(), strict=False)
         if missing or unexpected:
             raise ValueError(f"Text tower does not match {path}: missing {missing}, unexpected {unexpected}.")
+        self._frozen_text_cache.clear()
 
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         """Class prototypes t_c (C, d), L2-normalised. `input_ids` is (C, L) or (C, K, L) for K prompts per class,
@@ -290,13 +301,34 @@ class FacetVLMModel(FacetVLMPreTrainedModel):
         return F.normalize(embeds, dim=-1)
 
     def _pool_text(self, input_ids, attention_mask):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if not self.config.freeze_text_tower:
+            return self._run_text_tower(input_ids, attention_mask)
+        return self._cached_text_features(input_ids, attention_mask)
+
+    def _cached_text_features(self, input_ids, attention_mask):
+        """Pooled features of a frozen text tower, computed once per distinct prompt."""
+        dtype = str(self.text_projection.weight.dtype)
+        keys = [(ids.tobytes(), mask.tobytes(), dtype)
+                for ids, mask in zip(input_ids.cpu().numpy(), attention_mask.cpu().numpy())]  # fmt: skip
+        new_rows = {}
+        for row, key in enumerate(keys):
+            if key not in self._frozen_text_cache:
+                new_rows.setdefault(key, row)
+        if new_rows:
+            rows = list(new_rows.values())
+            with torch.no_grad():
+                features = self._run_text_tower(input_ids[rows], attention_mask[rows])
+            self._frozen_text_cache.update(zip(new_rows, features.detach()))
+        return torch.stack([self._frozen_text_cache[key] for key in keys]).to(input_ids.device)
+
+    def _run_text_tower(self, input_ids, attention_mask):
         outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask)
         pooling = self.config.text_pooling
         if pooling == "eos" and getattr(outputs, "pooler_output", None) is not None:
             return outputs.pooler_output
         hidden = outputs.last_hidden_state
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
         if pooling == "cls":
             return hidden[:, 0]
         if pooling == "eos":
@@ -468,7 +500,8 @@ class FacetVLMForExpressionRecognition(FacetVLMPreTrainedModel):
         super().__init__(config)
         self.facet = FacetVLMModel(config)
         self.margin_raw = nn.Parameter(torch.zeros(()))
-        self.logit_bias = nn.Parameter(torch.zeros(()))
+        multi_label = config.problem_type == "multi_label_classification"
+        self.logit_bias = nn.Parameter(torch.zeros(())) if multi_label else None
         self.post_init()
 
     @classmethod
@@ -514,7 +547,7 @@ class FacetVLMForExpressionRecognition(FacetVLMPreTrainedModel):
             raise ValueError("Expression logits need the class prompts: pass input_ids (or text_embeds).")
         text = outputs.text_embeds.to(outputs.face_embeds.dtype)
         scale = outputs.logit_scale
-        multi_label = self.config.problem_type == "multi_label_classification"
+        multi_label = self.logit_bias is not None
         logits = scale * outputs.face_embeds @ text.t()
         if multi_label:
             logits = logits + self.logit_bias

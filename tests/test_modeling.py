@@ -419,3 +419,18 @@ def test_bad_input_gives_clear_error(make_inputs, message):
 def test_missing_prompts_error():
     with pytest.raises(ValueError, match="input_ids"):
         tiny()(pixel_values=views())
+
+
+def test_frozen_text_tower_is_cached_and_untrained():
+    model = tiny(freeze_text_tower=True)
+    ids, mask = prompts()
+    model.train()
+    assert not model.facet.text_model.training
+    out = model(pixel_values=views(), input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 1, 2, 3]))
+    out.loss.backward()
+    assert all(p.grad is None for p in model.facet.text_model.parameters())
+    assert grad_norm(model.facet.text_projection) > 0
+    assert len(model.facet._frozen_text_cache) == NUM_CLASSES
+    cached = model.facet.get_text_features(ids, mask)
+    model.facet._frozen_text_cache.clear()
+    torch.testing.assert_close(cached, model.facet.get_text_features(ids, mask))
