@@ -1,16 +1,32 @@
 """Reading and writing 3D face scans and landmarks in the formats the benchmarks ship.
 
 Every reader returns a :class:`FaceScan` (or landmarks) and raises :class:`ScanFormatError`, which names the
-file and what is wrong, for any malformed input.
+file and what is wrong, for any malformed input. The writers reproduce the real files byte for byte where the
+format is pinned down (``.bnt``, BU-3DFE ``_F3D.wrl``) and are used for fixtures and synthetic data.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
+import struct
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 import numpy as np
+
+
+DEFAULT_MAX_POINTS = 5_000_000
+TRIMESH_EXTENSIONS = (".obj", ".ply", ".off", ".stl", ".glb")
+SCAN_EXTENSIONS = (".wrl", ".bnt") + TRIMESH_EXTENSIONS
+LANDMARK_EXTENSIONS = (".bnd", ".lm3", ".lm2", ".tbnd")
+# Landmark files that carry 3D points and can sit next to a scan with the same stem, in lookup order.
+SIBLING_LANDMARK_EXTENSIONS = (".bnd", ".lm3", ".tbnd")
+TBND_POINTS = 83
+
+PathLike = Union[str, os.PathLike]
 
 
 class ScanFormatError(ValueError):
@@ -34,8 +50,9 @@ class FaceScan:
         texture_path: optional path of the texture image the file names (it may not exist on disk).
         landmarks: optional (L, 3) float32 landmark positions.
         landmark_names: optional list of L landmark labels (Bosphorus) or ``None`` (index-based schemes).
+        landmark_indices: optional (L,) int64 vertex index of each landmark (``.bnd`` files).
         source_path: the file the scan was read from, if any.
-        metadata: free-form extra information (format, grid size, ...).
+        metadata: free-form extra information (format, grid size, head pose, ...).
     """
 
     vertices: np.ndarray
@@ -45,17 +62,717 @@ class FaceScan:
     texture_path: Optional[str] = None
     landmarks: Optional[np.ndarray] = None
     landmark_names: Optional[list] = None
+    landmark_indices: Optional[np.ndarray] = None
     source_path: Optional[str] = None
     metadata: dict = field(default_factory=dict)
 
 
 @dataclass
 class FaceSequence:
-    """A 4D scan: frames in temporal (file-name) order; frames are loaded lazily from ``frame_paths`` when given."""
+    """A 4D scan: frames in temporal (file-name) order.
+
+    ``frames`` holds :class:`FaceScan` objects or paths. A frame given as a path is read when it is accessed
+    (``sequence[i]``, ``sequence.load(i)`` or iteration) and is not cached, so long sequences never sit in memory
+    all at once. Slicing (``sequence[a:b]``) returns a shorter sequence without reading anything.
+    """
 
     frames: list
     frame_paths: Optional[list] = None
     source_path: Optional[str] = None
+    max_points: int = DEFAULT_MAX_POINTS
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            paths = None if self.frame_paths is None else self.frame_paths[index]
+            return FaceSequence(self.frames[index], paths, self.source_path, self.max_points)
+        return self.load(index)
+
+    def __iter__(self):
+        return (self.load(i) for i in range(len(self.frames)))
+
+    def load(self, index: int) -> FaceScan:
+        """Return frame ``index`` as a :class:`FaceScan`, reading it from disk if it is a path."""
+        frame = self.frames[index]
+        return frame if isinstance(frame, FaceScan) else load_scan(frame, max_points=self.max_points)
+
+
+class Landmarks(NamedTuple):
+    """Landmarks read from a file: ``(names, points, vertex_indices)``; unpacks like a 3-tuple."""
+
+    names: Optional[list]
+    points: np.ndarray
+    vertex_indices: Optional[np.ndarray]
+
+
+@contextmanager
+def _errors_name(path):
+    """Turn any failure while parsing ``path`` into a :class:`ScanFormatError` that names the file."""
+    try:
+        yield
+    except ScanFormatError:
+        raise
+    except UnicodeDecodeError as error:
+        raise ScanFormatError(path, f"undecodable bytes ({error.reason} at byte {error.start})") from error
+    except Exception as error:  # any lower-level parser failure is a malformed file
+        raise ScanFormatError(path, f"cannot be parsed ({type(error).__name__}: {error})") from error
+
+
+def _existing_file(path: PathLike, extensions) -> tuple:
+    """Return ``(path as str, lower-case extension)``, refusing unsupported extensions and missing files."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in extensions:
+        raise ScanFormatError(path, f"unsupported extension {ext or '(none)'!r}; expected one of {', '.join(extensions)}")
+    if not os.path.isfile(path):
+        raise ScanFormatError(path, "file does not exist")
+    return path, ext
+
+
+def _read_text(path: str) -> str:
+    with open(path, "rb") as handle:
+        return handle.read().decode("utf-8-sig")
+
+
+def _check_scan(scan: FaceScan, path: str, max_points: int) -> FaceScan:
+    """Validate shapes, finiteness and index ranges of a freshly read scan."""
+    vertices, faces = scan.vertices, scan.faces
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or len(vertices) == 0:
+        raise ScanFormatError(path, "empty mesh: no vertices")
+    if len(vertices) > max_points:
+        raise ScanFormatError(path, f"{len(vertices)} vertices is more than max_points={max_points}")
+    if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
+        raise ScanFormatError(path, "empty mesh: no faces")
+    if not np.isfinite(vertices).all():
+        raise ScanFormatError(path, "vertex coordinates contain NaN or infinity")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise ScanFormatError(path, f"vertex index out of range (indices {faces.min()}..{faces.max()}, {len(vertices)} vertices)")
+    if scan.uv is not None:
+        if not np.isfinite(scan.uv).all():
+            raise ScanFormatError(path, "texture coordinates contain NaN or infinity")
+        corners = faces if scan.uv_faces is None else scan.uv_faces
+        if corners.min() < 0 or corners.max() >= len(scan.uv):
+            raise ScanFormatError(
+                path, f"texcoord index out of range (indices {corners.min()}..{corners.max()}, {len(scan.uv)} texcoords)"
+            )
+    scan.source_path = path
+    return scan
+
+
+def load_scan(path: PathLike, max_points: int = DEFAULT_MAX_POINTS, landmarks: Union[bool, PathLike] = False) -> FaceScan:
+    """Read a face scan, choosing the reader from the extension (``.wrl``, ``.bnt``, ``.obj``, ``.ply``, ...).
+
+    Args:
+        path: the scan file.
+        max_points: refuse files that hold (or announce) more vertices than this.
+        landmarks: ``True`` attaches the sibling landmark file with the same stem (``.bnd``, ``.lm3`` or ``.tbnd``)
+            when there is one; a path attaches that file; ``False`` reads no landmarks.
+
+    Raises:
+        ScanFormatError: the file is missing, has an unsupported extension or is malformed.
+    """
+    path, ext = _existing_file(path, SCAN_EXTENSIONS)
+    with _errors_name(path):
+        if ext == ".wrl":
+            scan = _read_wrl(path, max_points)
+        elif ext == ".bnt":
+            scan = _read_bnt(path, max_points)
+        else:
+            scan = _read_with_trimesh(path, ext)
+        scan = _check_scan(scan, path, max_points)
+    if landmarks is True:
+        sibling = find_landmark_file(path)
+        if sibling is not None:
+            attach_landmarks(scan, sibling)
+    elif landmarks is not False:
+        attach_landmarks(scan, landmarks)
+    return scan
+
+
+# ------------------------------------------------------------------------------------------------- VRML 2.0
+
+
+_DEF_NAME = r"(?:DEF\s+[^\s{]+\s+)?"
+_WRL_COORD = re.compile(r"coord\s+" + _DEF_NAME + r"Coordinate\s*\{\s*point\s*\[([^\]]*)\]")
+_WRL_COORD_INDEX = re.compile(r"coordIndex\s*\[([^\]]*)\]")
+_WRL_TEXCOORD = re.compile(r"texCoord\s+" + _DEF_NAME + r"TextureCoordinate\s*\{\s*point\s*\[([^\]]*)\]")
+_WRL_TEXCOORD_INDEX = re.compile(r"texCoordIndex\s*\[([^\]]*)\]")
+_WRL_URL = re.compile(r'url\s*\[?\s*"([^"]*)"')
+_WRL_SHAPE = re.compile(r"IndexedFaceSet\b")
+# A line's code before its comment: characters other than quote and hash, or whole quoted strings.
+_WRL_LINE_COMMENT = re.compile(r'\A((?:[^"#]|"[^"]*")*)#.*', re.S)
+
+
+def _strip_wrl_comments(text: str) -> str:
+    """Drop ``#`` comments (outside quoted strings); only the few lines holding a ``#`` are visited."""
+    pieces, pos = [], 0
+    while (hash_at := text.find("#", pos)) != -1:
+        line_start = text.rfind("\n", 0, hash_at) + 1
+        line_end = text.find("\n", hash_at)
+        line_end = len(text) if line_end == -1 else line_end
+        pieces.append(text[pos:line_start])
+        pieces.append(_WRL_LINE_COMMENT.sub(r"\1", text[line_start:line_end], count=1))
+        pos = line_end
+    pieces.append(text[pos:])
+    return "".join(pieces)
+
+
+def _floats(block: str) -> np.ndarray:
+    """Parse a VRML float list (commas are whitespace) in one vectorised call."""
+    block = block.replace(",", " ").strip()  # np.fromstring reads a blank string as [-1.0]
+    return np.fromstring(block, dtype=np.float64, sep=" ") if block else np.zeros(0)
+
+
+def _ints(block: str) -> np.ndarray:
+    """Parse a VRML integer list strictly (np.fromstring would read a stray ``-`` as 0)."""
+    return np.array(block.replace(",", " ").split(), dtype=np.int64)
+
+
+def _fan_corners(indices: np.ndarray) -> tuple:
+    """Fan-triangulate a ``-1``-terminated polygon index list.
+
+    Returns the (T, 3) positions in ``indices`` of each triangle corner (so the same positions pick the matching
+    texcoord corners) and the number of polygons.
+    """
+    ends = np.flatnonzero(indices == -1)
+    starts = np.concatenate(([0], ends + 1))[:-1]
+    triangles_per_polygon = np.maximum(ends - starts - 2, 0)
+    polygon = np.repeat(np.arange(len(starts)), triangles_per_polygon)
+    first_triangle = np.cumsum(triangles_per_polygon) - triangles_per_polygon
+    step = np.arange(len(polygon)) - first_triangle[polygon] + 1
+    start = starts[polygon]
+    return np.stack([start, start + step, start + step + 1], axis=1), len(starts)
+
+
+def _polygon_indices(block: str, what: str, path: str) -> np.ndarray:
+    """Parse a coordIndex-like list and make sure it ends with ``-1``."""
+    indices = _ints(block)
+    if indices.size and indices.min() < -1:
+        raise ScanFormatError(path, f"{what} holds a negative index other than -1")
+    if indices.size and indices[-1] != -1:
+        indices = np.append(indices, -1)
+    return indices
+
+
+def _read_wrl_shape(part: str, path: str, max_points: int) -> FaceScan:
+    """Read one IndexedFaceSet (the text from its keyword up to the next one)."""
+    coord = _WRL_COORD.search(part)
+    if coord is None:
+        raise ScanFormatError(path, "IndexedFaceSet has no 'coord Coordinate { point [...] }' coordinates")
+    points = _floats(coord.group(1))
+    if points.size % 3:
+        raise ScanFormatError(path, f"coordinate list holds {points.size} numbers, not a multiple of 3")
+    if points.size // 3 > max_points:
+        raise ScanFormatError(path, f"{points.size // 3} vertices is more than max_points={max_points}")
+    coord_index = _WRL_COORD_INDEX.search(part)
+    if coord_index is None:
+        raise ScanFormatError(path, "IndexedFaceSet has no coordIndex")
+    indices = _polygon_indices(coord_index.group(1), "coordIndex", path)
+    corners, n_polygons = _fan_corners(indices)
+    scan = FaceScan(points.reshape(-1, 3).astype(np.float32), indices[corners], metadata={"polygons": n_polygons})
+    texcoord = _WRL_TEXCOORD.search(part)
+    if texcoord is None:
+        return scan
+    uv = _floats(texcoord.group(1))
+    if uv.size % 2:
+        raise ScanFormatError(path, f"texture coordinate list holds {uv.size} numbers, not a multiple of 2")
+    scan.uv = uv.reshape(-1, 2).astype(np.float32)
+    texcoord_index = _WRL_TEXCOORD_INDEX.search(part)
+    if texcoord_index is not None:
+        uv_indices = _polygon_indices(texcoord_index.group(1), "texCoordIndex", path)
+        if uv_indices.shape != indices.shape or not np.array_equal(uv_indices == -1, indices == -1):
+            raise ScanFormatError(path, "texCoordIndex polygons do not match coordIndex polygons")
+        scan.uv_faces = uv_indices[corners]
+    return scan
+
+
+def _merge_shapes(shapes: list) -> FaceScan:
+    """Concatenate several IndexedFaceSets into one mesh (texcoords kept only when every shape has them)."""
+    vertex_offsets = np.cumsum([0] + [len(s.vertices) for s in shapes[:-1]])
+    merged = FaceScan(
+        np.concatenate([s.vertices for s in shapes]),
+        np.concatenate([s.faces + offset for s, offset in zip(shapes, vertex_offsets)]),
+        metadata={"polygons": sum(s.metadata["polygons"] for s in shapes)},
+    )
+    if all(s.uv is not None for s in shapes):
+        uv_offsets = np.cumsum([0] + [len(s.uv) for s in shapes[:-1]])
+        merged.uv = np.concatenate([s.uv for s in shapes])
+        merged.uv_faces = np.concatenate(
+            [(s.faces if s.uv_faces is None else s.uv_faces) + offset for s, offset in zip(shapes, uv_offsets)]
+        )
+    return merged
+
+
+def _read_wrl(path: str, max_points: int) -> FaceScan:
+    """VRML 2.0 ``IndexedFaceSet`` meshes (BU-3DFE ``_F3D.wrl``, BU-4DFE ``NNN.wrl``), polygons fan-triangulated."""
+    text = _strip_wrl_comments(_read_text(path))
+    parts = _WRL_SHAPE.split(text)
+    if len(parts) == 1:
+        raise ScanFormatError(path, "no IndexedFaceSet node, so no coordinates")
+    shapes = [_read_wrl_shape(part, path, max_points) for part in parts[1:]]
+    scan = shapes[0] if len(shapes) == 1 else _merge_shapes(shapes)
+    url = _WRL_URL.search(text)
+    if url is not None and url.group(1):
+        scan.texture_path = os.path.join(os.path.dirname(path), url.group(1))
+    scan.metadata["format"] = "wrl"
+    return scan
+
+
+# ------------------------------------------------------------------------------------------------- Bosphorus
+
+
+_BNT_HEADER = struct.Struct("<HHdH")
+_BNT_COUNT = struct.Struct("<I")
+
+
+def _grid_triangles(valid: np.ndarray) -> np.ndarray:
+    """Counter-clockwise (seen from +z) triangles over the valid points of a row-major grid whose row 0 is the bottom.
+
+    A quad with 4 valid corners gives 2 triangles, one with exactly 3 gives the triangle of those 3.
+    """
+    nrows, ncols = valid.shape
+    index = np.arange(nrows * ncols).reshape(nrows, ncols)
+    # Quad corners counter-clockwise: a=(r,c), b=(r,c+1), c=(r+1,c+1), d=(r+1,c).
+    corners = [index[:-1, :-1], index[:-1, 1:], index[1:, 1:], index[1:, :-1]]
+    ok = [valid[:-1, :-1], valid[:-1, 1:], valid[1:, 1:], valid[1:, :-1]]
+    a, b, c, d = (corner.ravel() for corner in corners)
+    va, vb, vc, vd = (flag.ravel() for flag in ok)
+    candidates = [
+        ((a, b, c), va & vb & vc),  # half of a full quad, or the quad without d
+        ((a, c, d), va & vc & vd),  # other half of a full quad, or the quad without b
+        ((b, c, d), vb & vc & vd & ~va),  # the quad without a
+        ((a, b, d), va & vb & vd & ~vc),  # the quad without c
+    ]
+    return np.concatenate([np.stack([corner[keep] for corner in triangle], axis=1) for triangle, keep in candidates])
+
+
+def read_bnt_grid(path: PathLike, max_points: int = DEFAULT_MAX_POINTS) -> dict:
+    """Read the raw grid of a Bosphorus ``.bnt`` file (datasets.md §1.4), checking its size before allocating.
+
+    Returns ``dict(nrows, ncols, zmin, imfile, x, y, z, u, v)`` with float64 (nrows, ncols) planes, row 0 at the
+    bottom of the face; ``write_bnt(other, **grid)`` rewrites the file byte for byte.
+    """
+    path, _ = _existing_file(path, (".bnt",))
+    with _errors_name(path), open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size < _BNT_HEADER.size:
+            raise ScanFormatError(path, f"truncated: {size} bytes is shorter than the {_BNT_HEADER.size}-byte header")
+        nrows, ncols, zmin, name_length = _BNT_HEADER.unpack(handle.read(_BNT_HEADER.size))
+        data_offset = _BNT_HEADER.size + name_length + _BNT_COUNT.size
+        if size < data_offset:
+            raise ScanFormatError(path, f"truncated: {size} bytes ends inside the header")
+        imfile = handle.read(name_length).decode("ascii")
+        (count,) = _BNT_COUNT.unpack(handle.read(_BNT_COUNT.size))
+        n_points = nrows * ncols
+        if n_points > max_points:
+            raise ScanFormatError(path, f"header announces {nrows}x{ncols} = {n_points} points, more than max_points={max_points}")
+        if count != 5 * n_points:
+            raise ScanFormatError(path, f"header announces N={count} values, expected 5*{nrows}*{ncols} = {5 * n_points}")
+        expected = data_offset + 8 * count
+        if size != expected:
+            problem = "truncated" if size < expected else "trailing bytes"
+            raise ScanFormatError(path, f"{problem}: {size} bytes, the header announces {expected}")
+        x, y, z, u, v = np.frombuffer(handle.read(8 * count), "<f8").reshape(5, nrows, ncols)
+    return dict(nrows=nrows, ncols=ncols, zmin=zmin, imfile=imfile, x=x, y=y, z=z, u=u, v=v)
+
+
+def _read_bnt(path: str, max_points: int) -> FaceScan:
+    """Bosphorus ``.bnt`` as a mesh over its valid points (a point is invalid when any of x, y, z equals zmin)."""
+    grid = read_bnt_grid(path, max_points)
+    x, y, z, u, v, zmin = (grid[key] for key in ("x", "y", "z", "u", "v", "zmin"))
+    valid = (x != zmin) & (y != zmin) & (z != zmin)
+    if not valid.any():
+        raise ScanFormatError(path, "no valid point (every point equals zmin)")
+    new_index = np.cumsum(valid.ravel()) - 1
+    return FaceScan(
+        vertices=np.stack([x[valid], y[valid], z[valid]], axis=1).astype(np.float32),
+        faces=new_index[_grid_triangles(valid)],
+        uv=np.stack([u[valid], v[valid]], axis=1).astype(np.float32),
+        texture_path=os.path.join(os.path.dirname(path), grid["imfile"]) if grid["imfile"] else None,
+        metadata={
+            "format": "bnt",
+            "nrows": grid["nrows"],
+            "ncols": grid["ncols"],
+            "zmin": zmin,
+            "grid_index": np.flatnonzero(valid),  # row-major grid position of each vertex
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------------- trimesh
+
+
+def _read_with_trimesh(path: str, ext: str) -> FaceScan:
+    """``.obj``, ``.ply``, ``.off``, ``.stl`` and ``.glb`` through trimesh, without merging or reordering vertices."""
+    import trimesh
+
+    mesh = trimesh.load(path, force="mesh", process=False)
+    vertices = np.asarray(mesh.vertices, dtype=np.float32)
+    scan = FaceScan(vertices, np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3), metadata={"format": ext[1:]})
+    uv = getattr(mesh.visual, "uv", None)
+    if uv is not None and len(uv) == len(vertices):
+        scan.uv = np.asarray(uv, dtype=np.float32)
+    image = getattr(getattr(mesh.visual, "material", None), "image", None)
+    texture = getattr(image, "info", {}).get("file_path") if image is not None else None
+    if texture:
+        scan.texture_path = os.path.join(os.path.dirname(path), texture)
+    return scan
+
+
+# ------------------------------------------------------------------------------------------------- landmarks
+
+
+_LM_COUNT = re.compile(r"(\d+)\s+landmarks:?", re.IGNORECASE)
+
+
+def _rows(lines: list, width: int, path: str, what: str) -> np.ndarray:
+    """Parse lines of exactly ``width`` whitespace-separated numbers into a finite (K, width) float64 array."""
+    rows = [line.split() for line in lines]
+    bad = next((i for i, row in enumerate(rows) if len(row) != width), None)
+    if bad is not None:
+        raise ScanFormatError(path, f"{what} line {bad + 1} has {len(rows[bad])} fields, expected {width}")
+    values = np.array(rows, dtype=np.float64).reshape(len(rows), width)
+    if not np.isfinite(values).all():
+        raise ScanFormatError(path, f"{what} contain NaN or infinity")
+    return values
+
+
+def _nonblank(lines: list) -> list:
+    return [line.strip() for line in lines if line.strip()]
+
+
+def _bosphorus_landmark_body(text: str, path: str) -> tuple:
+    """Skip the ``#`` title and the optional ``*`` info block; return (announced count, non-blank lines after it)."""
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines) and lines[i].lstrip().startswith("#"):
+        i += 1
+    while i < len(lines) and not lines[i].strip():
+        i += 1
+    if i < len(lines) and lines[i].strip() == "*":  # Savran's variant: info lines up to an empty line
+        while i < len(lines) and lines[i].strip():
+            i += 1
+    body = _nonblank(lines[i:])
+    count = _LM_COUNT.fullmatch(body[0]) if body else None
+    if count is None:
+        raise ScanFormatError(path, "missing the '<N> landmarks' line")
+    n = int(count.group(1))
+    if n == 0:
+        raise ScanFormatError(path, "the file lists no landmarks")
+    return n, body[1:]
+
+
+def _read_lm3(text: str, path: str) -> Landmarks:
+    n, body = _bosphorus_landmark_body(text, path)
+    if len(body) != 2 * n:
+        raise ScanFormatError(path, f"announces {n} landmarks but has {len(body)} label/coordinate lines, expected {2 * n}")
+    return Landmarks(body[0::2], _rows(body[1::2], 3, path, "coordinates").astype(np.float32), None)
+
+
+def _read_lm2(text: str, path: str) -> Landmarks:
+    n, body = _bosphorus_landmark_body(text, path)
+    if len(body) != 2 * n + 2 or body[0].lower() != "labels:" or not body[n + 1].lower().startswith("2d image coordinates"):
+        raise ScanFormatError(path, f"expected 'Labels:', {n} labels, '2D Image coordinates:' and {n} coordinate lines")
+    return Landmarks(body[1 : n + 1], _rows(body[n + 2 :], 2, path, "coordinates").astype(np.float32), None)
+
+
+def _read_bnd(text: str, path: str) -> Landmarks:
+    lines = _nonblank(text.splitlines())
+    if not lines:
+        raise ScanFormatError(path, "the file lists no landmarks")
+    values = _rows(lines, 4, path, "landmark")
+    indices = values[:, 0]
+    if (indices < 0).any() or (indices != np.floor(indices)).any() or (indices >= 2**62).any():
+        raise ScanFormatError(path, "vertex indices must be non-negative integers")
+    return Landmarks(None, values[:, 1:].astype(np.float32), indices.astype(np.int64))
+
+
+def _read_tbnd(text: str, path: str) -> tuple:
+    """Return ``(head pose (3,), points (83, 3))``: the last 3 numbers of the first line and of each point line."""
+    lines = [re.split(r"[\s,]+", line) for line in _nonblank(text.splitlines())]
+    if len(lines) != TBND_POINTS + 1:
+        raise ScanFormatError(path, f"expected a head-pose line and {TBND_POINTS} point lines, found {len(lines)} lines")
+    short = next((i for i, fields in enumerate(lines) if len(fields) < 3), None)
+    if short is not None:
+        raise ScanFormatError(path, f"line {short + 1} has fewer than 3 numbers")
+    values = np.array([fields[-3:] for fields in lines], dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ScanFormatError(path, "numbers contain NaN or infinity")
+    return values[0].astype(np.float32), values[1:].astype(np.float32)
+
+
+_LANDMARK_READERS = {
+    ".bnd": _read_bnd,
+    ".lm3": _read_lm3,
+    ".lm2": _read_lm2,
+    ".tbnd": lambda text, path: Landmarks(None, _read_tbnd(text, path)[1], None),
+}
+
+
+def load_landmarks(path: PathLike) -> Landmarks:
+    """Read a landmark file: ``.bnd`` (``idx x y z``), ``.lm3``, ``.lm2`` (Bosphorus) or ``.tbnd`` (BP4D).
+
+    Returns ``(names, points, vertex_indices)``. ``names`` are the labels of ``.lm3``/``.lm2`` files and ``None``
+    otherwise; ``points`` is (K, 3) float32, except for ``.lm2`` where it is (K, 2) pixel ``(col, row)``
+    coordinates in the sibling PNG; ``vertex_indices`` is (K,) int64 for ``.bnd`` and ``None`` otherwise. For
+    ``.tbnd`` the 83 points are returned as in the file (untracked points stay ``0 0 0``); its head pose is read by
+    :func:`load_head_pose`.
+    """
+    path, ext = _existing_file(path, LANDMARK_EXTENSIONS)
+    with _errors_name(path):
+        return _LANDMARK_READERS[ext](_read_text(path), path)
+
+
+def load_head_pose(path: PathLike) -> np.ndarray:
+    """Head pose ``(pitch, yaw, roll)`` in degrees from the first line of a BP4D ``.tbnd`` file, as (3,) float32."""
+    path, _ = _existing_file(path, (".tbnd",))
+    with _errors_name(path):
+        return _read_tbnd(_read_text(path), path)[0]
+
+
+def find_landmark_file(scan_path: PathLike) -> Optional[str]:
+    """The landmark file next to a scan with the same stem (``_F3D.bnd``, ``.lm3``, ``.tbnd``), or ``None``."""
+    stem = os.path.splitext(os.fspath(scan_path))[0]
+    return next((stem + ext for ext in SIBLING_LANDMARK_EXTENSIONS if os.path.isfile(stem + ext)), None)
+
+
+def attach_landmarks(scan: FaceScan, path: Optional[PathLike] = None) -> FaceScan:
+    """Read 3D landmarks into ``scan`` (in place, also returned); by default from the sibling landmark file.
+
+    ``.bnd`` vertex indices are checked against the scan's vertex count, and a ``.tbnd`` head pose goes to
+    ``scan.metadata["head_pose"]``.
+    """
+    if path is None:
+        path = find_landmark_file(scan.source_path) if scan.source_path else None
+        if path is None:
+            raise ScanFormatError(scan.source_path, "no landmark file with the same stem (.bnd, .lm3, .tbnd)")
+    names, points, vertex_indices = load_landmarks(path)
+    if points.shape[1] != 3:
+        raise ScanFormatError(path, "2D landmarks cannot be attached to a 3D scan")
+    if vertex_indices is not None and vertex_indices.max() >= len(scan.vertices):
+        raise ScanFormatError(
+            path, f"landmark vertex index {vertex_indices.max()} out of range for the {len(scan.vertices)} vertices of {scan.source_path}"
+        )
+    if os.fspath(path).lower().endswith(".tbnd"):
+        scan.metadata["head_pose"] = load_head_pose(path)
+    scan.landmarks, scan.landmark_names, scan.landmark_indices = points, names, vertex_indices
+    return scan
+
+
+# ------------------------------------------------------------------------------------------------- sequences
+
+
+def _natural_key(name: str) -> list:
+    """Sort key comparing digit runs as integers (``2.wrl`` before ``10.wrl``)."""
+    return [int(token) if token.isdigit() else token for token in re.split(r"(\d+)", name)]
+
+
+def load_sequence(folder: PathLike, pattern: Optional[str] = None, max_points: int = DEFAULT_MAX_POINTS) -> FaceSequence:
+    """List the frames of a 4D scan folder in natural file-name order (``000.wrl``, ``0000.obj``, ...).
+
+    Args:
+        folder: the sequence folder (BU-4DFE ``F001/Angry``, BP4D ``F001/T1``).
+        pattern: glob of the frame files inside ``folder``; by default every file with a scan extension.
+        max_points: passed to :func:`load_scan` when a frame is read.
+
+    Frames are read lazily (see :class:`FaceSequence`).
+    """
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise ScanFormatError(folder, "sequence folder does not exist")
+    if pattern is None:
+        names = [name for name in os.listdir(folder) if os.path.splitext(name)[1].lower() in SCAN_EXTENSIONS]
+    else:
+        names = [os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(folder), pattern))]
+    paths = [os.path.join(folder, name) for name in sorted(names, key=_natural_key)]
+    paths = [p for p in paths if os.path.isfile(p)]
+    if not paths:
+        wanted = pattern or " ".join("*" + ext for ext in SCAN_EXTENSIONS)
+        raise ScanFormatError(folder, f"sequence folder holds no frame files ({wanted})")
+    return FaceSequence(list(paths), list(paths), folder, max_points)
+
+
+# ------------------------------------------------------------------------------------------------- writers
+
+
+_INDENT = " " * 8
+_WRL_FLAVORS = ("bu3dfe", "bu4dfe")
+# (name, axis, direction, orientation) of the 6 Viewpoints closing a BU-3DFE file (datasets.md §2.4).
+_BU3DFE_VIEWPOINTS = (
+    ("Front", 2, 1, "0 0 0 3.14159"),
+    ("Back", 2, -1, "0 1 0 3.14159"),
+    ("Left", 0, -1, "0 1 0 -1.5708"),
+    ("Right", 0, 1, "0 1 0 1.5708"),
+    ("Top", 1, 1, "1 0 0 -1.5708"),
+    ("Bottom", 1, -1, "1 0 0 1.5708"),
+)
+
+
+def _as_polygons(faces) -> tuple:
+    """``(sizes, flat indices)`` of faces given as an (M, k) array or a list of polygons of mixed arity."""
+    if isinstance(faces, np.ndarray) and faces.ndim == 2:
+        return np.full(len(faces), faces.shape[1]), faces.astype(np.int64).ravel()
+    polygons = [np.asarray(polygon, dtype=np.int64).ravel() for polygon in faces]
+    sizes = np.array([len(polygon) for polygon in polygons], dtype=np.int64)
+    return sizes, np.concatenate(polygons) if polygons else np.zeros(0, np.int64)
+
+
+def _list_lines(line_formats: list, values: np.ndarray, trailing_comma: bool) -> str:
+    """Fill one format per line with ``values`` in a single ``%`` and join the lines with VRML list commas."""
+    body = ",\n".join(line_formats) % tuple(values.ravel().tolist())
+    return body + ("," if trailing_comma else "") + "\n"
+
+
+def _wrl_point_node(node: str, points: np.ndarray, depth: int) -> str:
+    indent = _INDENT * depth
+    line = indent + _INDENT * 2 + " ".join(["%g"] * points.shape[1])
+    return (
+        f"{indent}{node} {{\n{indent}{_INDENT}point [\n"
+        + _list_lines([line] * len(points), points, trailing_comma=False)
+        + f"{indent}{_INDENT}]\n{indent}}}\n"
+    )
+
+
+def _wrl_index_node(node: str, sizes: np.ndarray, flat: np.ndarray, depth: int, separator: str, trailing: bool) -> str:
+    indent = _INDENT * depth
+    line_format = {k: indent + _INDENT + separator.join(["%d"] * k + ["-1"]) for k in np.unique(sizes).tolist()}
+    lines = [line_format[k] for k in sizes.tolist()]
+    return f"{indent}{node} [\n" + _list_lines(lines, flat, trailing) + f"{indent}]\n"
+
+
+def _wrl_viewpoints(vertices: np.ndarray) -> str:
+    low, high = vertices.min(axis=0), vertices.max(axis=0)
+    centre, extent = (low + high) / 2, high - low
+    blocks = []
+    for name, axis, direction, orientation in _BU3DFE_VIEWPOINTS:
+        position = centre.copy()
+        position[axis] += direction * 2.5 * extent[axis]
+        blocks.append(
+            f"DEF Tricorder_Camera_{name} Viewpoint {{\n"
+            f"{_INDENT}position %g %g %g\n" % tuple(position.tolist())
+            + f"{_INDENT}orientation {orientation}\n{_INDENT}fieldOfView 0.5\n"
+            f'{_INDENT}description "Tricorder {name}"\n}}\n'
+        )
+    return "".join(blocks)
+
+
+def write_wrl(path, vertices, faces, uv=None, uv_faces=None, texture_url=None, flavor="bu3dfe") -> None:
+    """Write a VRML 2.0 face mesh.
+
+    ``flavor="bu3dfe"`` follows the BU-3DFE ``_F3D.wrl`` template byte for byte (datasets.md §2.4: Transform,
+    8-space indents, ``%g``, commas on all list items but the last, ``texCoordIndex`` when ``uv_faces`` is given,
+    the 6 Viewpoints from the bounding box). ``flavor="bu4dfe"`` writes a ``Group``, comma-separated indices
+    (``a, b, c, -1,``) and per-vertex texture coordinates without ``texCoordIndex``.
+
+    Args:
+        vertices: (N, 3) positions.
+        faces: (M, k) vertex indices, or a list of polygons of mixed arity.
+        uv: optional (K, 2) texture coordinates.
+        uv_faces: optional indices into ``uv`` with the same polygon layout as ``faces`` (``bu3dfe`` only).
+        texture_url: optional texture file name for the ``ImageTexture`` url.
+        flavor: ``"bu3dfe"`` or ``"bu4dfe"``.
+    """
+    if flavor not in _WRL_FLAVORS:
+        raise ValueError(f"flavor must be one of {_WRL_FLAVORS}, got {flavor!r}")
+    bu3dfe = flavor == "bu3dfe"
+    vertices = np.asarray(vertices, dtype=np.float64).reshape(-1, 3)
+    sizes, flat = _as_polygons(faces)
+    if uv_faces is not None and not bu3dfe:
+        raise ValueError("the bu4dfe flavor stores one texture coordinate per vertex; uv_faces must be None")
+    separator = " " if bu3dfe else ", "
+    out = ["#VRML V2.0 utf8\n"]
+    out.append("#Tricorder Technology plc - 2000\nDEF Tricorder_object Transform {\n" if bu3dfe else "Group {\n")
+    out.append(f"{_INDENT}children [\n{_INDENT * 2}Shape {{\n")
+    if texture_url is not None:
+        texture_fields = [f'url "{texture_url}"'] + (["repeatS FALSE", "repeatT FALSE"] if bu3dfe else [])
+        out.append(f"{_INDENT * 3}appearance Appearance {{\n{_INDENT * 4}texture ImageTexture {{\n")
+        out.extend(f"{_INDENT * 5}{line}\n" for line in texture_fields)
+        out.append(f"{_INDENT * 4}}}\n{_INDENT * 3}}}\n")
+    out.append(f"{_INDENT * 3}geometry IndexedFaceSet {{\n")
+    if bu3dfe:
+        out.extend(f"{_INDENT * 4}{line}\n" for line in ("ccw TRUE", "solid FALSE", "convex TRUE", "creaseAngle 1.57"))
+    out.append(_wrl_point_node("coord Coordinate", vertices, 4))
+    out.append(_wrl_index_node("coordIndex", sizes, flat, 4, separator, trailing=not bu3dfe))
+    if uv is not None:
+        out.append(_wrl_point_node("texCoord TextureCoordinate", np.asarray(uv, dtype=np.float64).reshape(-1, 2), 4))
+    if uv_faces is not None:
+        uv_sizes, uv_flat = _as_polygons(uv_faces)
+        if not np.array_equal(uv_sizes, sizes):
+            raise ValueError("uv_faces must have the same polygon sizes as faces")
+        out.append(_wrl_index_node("texCoordIndex", uv_sizes, uv_flat, 4, separator, trailing=False))
+    out.append(f"{_INDENT * 3}}}\n{_INDENT * 2}}}\n{_INDENT}]\n}}\n")
+    if bu3dfe:
+        out.append(_wrl_viewpoints(vertices))
+    with open(path, "w", encoding="ascii", newline="\n") as handle:
+        handle.write("".join(out))
+
+
+def write_bnt(path, nrows, ncols, zmin, imfile, x, y, z, u, v) -> None:
+    """Write a Bosphorus ``.bnt`` file exactly as the reference writer of datasets.md §1.4."""
+    name = imfile.encode("ascii")
+    data = np.concatenate([np.asarray(plane, "<f8").ravel() for plane in (x, y, z, u, v)])
+    if data.size != 5 * nrows * ncols:
+        raise ValueError(f"x, y, z, u, v must each hold nrows*ncols = {nrows * ncols} values")
+    with open(path, "wb") as handle:
+        handle.write(_BNT_HEADER.pack(nrows, ncols, zmin, len(name)))
+        handle.write(name)
+        handle.write(_BNT_COUNT.pack(data.size))
+        handle.write(data.tobytes())
+
+
+def write_bnd(path, vertex_indices, points, number_format="%.6f") -> None:
+    """Write ``idx x y z`` lines (single spaces, LF) as BU-3DFE / BU-4DFE ``.bnd`` files; numbers use ``number_format``."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    rows = np.column_stack([np.asarray(vertex_indices, dtype=np.float64).ravel(), points])
+    line = " ".join(["%d"] + [number_format] * 3) + "\n"
+    with open(path, "w", encoding="ascii", newline="\n") as handle:
+        handle.write((line * len(rows)) % tuple(rows.ravel().tolist()))
+
+
+def _write_lines(path, lines: list, newline: str) -> None:
+    with open(path, "w", encoding="ascii", newline="") as handle:
+        handle.write(newline.join(lines) + newline)
+
+
+def write_lm3(path, names, points, newline="\r\n") -> None:
+    """Write a Bosphorus ``.lm3`` file (datasets.md §1.5): title, blank line, ``N landmarks:``, label/``%g`` lines."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+    coordinates = ["%g %g %g" % tuple(point) for point in points.tolist()]
+    pairs = [line for pair in zip(names, coordinates) for line in pair]
+    _write_lines(path, ["# 3D Landmark File", "", f"{len(points)} landmarks:", *pairs], newline)
+
+
+def write_lm2(path, names, points2d, newline="\r\n") -> None:
+    """Write a Bosphorus ``.lm2`` file (datasets.md §1.6): labels first, then ``%g`` pixel ``col row`` lines."""
+    points2d = np.asarray(points2d, dtype=np.float64).reshape(-1, 2)
+    coordinates = ["%g %g" % tuple(point) for point in points2d.tolist()]
+    header = ["# 2D Landmark File", "", f"{len(points2d)} landmarks", "", "Labels:"]
+    _write_lines(path, [*header, *names, "", "2D Image coordinates:", *coordinates], newline)
+
+
+# ------------------------------------------------------------------------------------------------- summary
+
+
+def describe_scan(scan: FaceScan) -> dict:
+    """A JSON-ready summary of a scan (format, counts, bounding box, landmarks, texture) for ``facet-vlm inspect``."""
+    vertices = scan.vertices.astype(np.float64)
+    scalars = {
+        key: value.item() if isinstance(value, np.generic) else value
+        for key, value in scan.metadata.items()
+        if key != "format" and isinstance(value, (int, float, str, np.generic))
+    }
+    return {
+        "path": scan.source_path,
+        "format": scan.metadata.get("format"),
+        "vertices": int(len(scan.vertices)),
+        "faces": int(len(scan.faces)),
+        "texcoords": None if scan.uv is None else int(len(scan.uv)),
+        "bbox_min": np.round(vertices.min(axis=0), 6).tolist(),
+        "bbox_max": np.round(vertices.max(axis=0), 6).tolist(),
+        "landmarks": 0 if scan.landmarks is None else int(len(scan.landmarks)),
+        "landmark_names": scan.landmark_names,
+        "texture_path": scan.texture_path,
+        "metadata": scalars,
+    }
