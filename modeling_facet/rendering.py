@@ -1,0 +1,615 @@
+"""Multiview rendering of face scans: normalisation to a canonical frame, then orthographic views of it.
+
+Canonical frame (:func:`normalize_scan`): millimetre scans from any dataset are cleaned of non-finite vertices,
+centred on the nose tip (+y up, +z towards the viewer) and scaled so that the robust face radius (90th percentile
+xy distance of the vertices from their median) equals ``face_size`` (default 0.65). The orthographic camera looks
+down -z and sees the square x, y in [-1, 1], so the face fits with a margin in every view.
+
+A view ``(yaw, pitch)`` in degrees turns the head about a pivot ``face_size`` behind the nose tip (roughly the
+head centre): yaw +θ turns it about +y with the right-hand rule, so the nose moves to the right of the image;
+pitch +θ nods it so the nose moves up. Pitch is applied first, then yaw.
+
+Channels (background is 0 in every channel):
+
+- ``shaded``: Lambertian shading ``AMBIENT + (1 - AMBIENT) * max(0, n . LIGHT_DIRECTION)`` in [0, 1], with one
+  directional light slightly above-left of the camera; normals are flipped to face the camera, so the result does
+  not depend on the mesh's triangle winding.
+- ``depth``: ``(z - DEPTH_FAR) / (DEPTH_NEAR - DEPTH_FAR)`` clipped to [0, 1], where z is the camera-frame depth in
+  canonical units: 1 is nearest; the fixed range [DEPTH_FAR, DEPTH_NEAR] = [-1.5, 0.5] holds a whole face.
+- ``normals``: camera-frame unit normals mapped to [0, 1] per component by ``(n + 1) / 2``.
+- ``texture``: RGB in [0, 1] sampled bilinearly from the scan's texture image when it has ``uv`` and a readable
+  ``texture_path``; otherwise the shaded value replicated to 3 channels (a missing texture file is logged).
+
+Backends: ``"torch"`` (a vectorised z-buffer rasterizer, batched over views and scans, CPU or CUDA) and
+``"pyrender"`` (OpenGL through EGL). They share the projection and the channel formulas; on the same scan their
+depth and shaded outputs agree within a mean absolute difference below 0.02, and at least 98% of the foreground
+pixels of either agree on the mask (silhouette pixels may differ by one pixel: OpenGL samples coverage with 4x
+multisampling, the torch rasterizer at pixel centres).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from .mesh_io import FaceScan, ScanFormatError
+
+
+logger = logging.getLogger(__name__)
+
+CHANNEL_WIDTHS = {"shaded": 1, "depth": 1, "normals": 3, "texture": 3}
+BACKENDS = ("torch", "pyrender")
+DEFAULT_VIEWS = ((0.0, 0.0), (20.0, 0.0), (-20.0, 0.0))
+DEFAULT_FACE_SIZE = 0.65
+DEPTH_NEAR = 0.5
+DEPTH_FAR = -1.5
+AMBIENT = 0.15
+LIGHT_DIRECTION = tuple(float(c) for c in np.array([-0.3, 0.4, 1.0]) / np.linalg.norm([-0.3, 0.4, 1.0]))
+
+_NOSE_TIP_NAME = re.compile(r"nose[\W_]*tip|pronasale", re.IGNORECASE)
+# Square candidate windows (pixels per side) that the rasterizer groups triangles into by bounding-box size.
+_WINDOW_SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+_MAX_SAMPLES_PER_CHUNK = 1 << 21
+_BARYCENTRIC_TOLERANCE = 1e-5
+
+
+def channel_count(channels) -> int:
+    """Number of image channels that ``channels`` (names from :data:`CHANNEL_WIDTHS`) stack to."""
+    return sum(CHANNEL_WIDTHS[_check_channel(name)] for name in channels)
+
+
+def _check_channel(name: str) -> str:
+    if name not in CHANNEL_WIDTHS:
+        raise ValueError(f"Unknown render channel {name!r}; choose from {sorted(CHANNEL_WIDTHS)}")
+    return name
+
+
+def _as_face_scan(scan) -> FaceScan:
+    """Accepts a FaceScan, anything with ``vertices`` and ``faces`` (a trimesh.Trimesh) or a (vertices, faces) pair."""
+    if isinstance(scan, FaceScan):
+        return scan
+    if isinstance(scan, (tuple, list)) and len(scan) == 2:
+        return FaceScan(vertices=np.asarray(scan[0]), faces=np.asarray(scan[1]))
+    if hasattr(scan, "vertices") and hasattr(scan, "faces"):
+        metadata = getattr(scan, "metadata", None) or {}
+        return FaceScan(
+            vertices=np.asarray(scan.vertices), faces=np.asarray(scan.faces), source_path=metadata.get("file_path")
+        )
+    raise TypeError(
+        f"Cannot render a {type(scan).__name__}: expected a FaceScan, a trimesh.Trimesh or a (vertices, faces) pair"
+    )
+
+
+def _clean(scan: FaceScan, source: str):
+    """Drops non-finite vertices, the faces that use them and unused vertices; returns (vertices, faces, kept faces)."""
+    vertices = np.asarray(scan.vertices, dtype=np.float64)
+    faces = np.asarray(scan.faces)
+    if vertices.size == 0 or faces.size == 0:
+        raise ScanFormatError(source, "empty mesh: no vertices or no faces")
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise ScanFormatError(source, f"vertices must have shape (N, 3), got {vertices.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
+        raise ScanFormatError(source, f"faces must be integer triangles of shape (M, 3), got {faces.dtype} {faces.shape}")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise ScanFormatError(source, f"face indices must lie in [0, {len(vertices)}), got [{faces.min()}, {faces.max()}]")
+    kept_faces = np.isfinite(vertices).all(axis=1)[faces].all(axis=1)
+    faces = faces[kept_faces]
+    used = np.zeros(len(vertices), dtype=bool)
+    used[faces.ravel()] = True
+    if not used.any():
+        raise ScanFormatError(source, "empty mesh: no face is left after removing NaN/inf vertices")
+    new_index = np.cumsum(used) - 1
+    return vertices[used], new_index[faces].astype(np.int64), kept_faces
+
+
+def _landmark_nose_tip(scan: FaceScan) -> Optional[np.ndarray]:
+    if scan.landmarks is None or not scan.landmark_names:
+        return None
+    for name, point in zip(scan.landmark_names, np.asarray(scan.landmarks, dtype=np.float64)):
+        if _NOSE_TIP_NAME.search(str(name)) and np.isfinite(point).all():
+            return point
+    return None
+
+
+def _facing_axis(vertices: np.ndarray):
+    """Unit axis the face looks along (towards the viewer) and whether the scan must be turned onto +z.
+
+    The smallest-variance principal axis of a face height field is its depth axis. The input convention (+z
+    towards the viewer) decides its sign, and the scan is left unrotated, unless that axis is decisive and more
+    than 45 degrees off z: then the sign is the one under which the centre of the face (the nose) protrudes.
+    """
+    centred = vertices - vertices.mean(axis=0)
+    eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)
+    axis = eigenvectors[:, 0]
+    if eigenvalues[0] >= 0.5 * eigenvalues[1]:
+        return np.array([0.0, 0.0, 1.0]), False
+    if abs(axis[2]) >= math.cos(math.radians(45.0)):
+        return axis * np.sign(axis[2]), False
+    depth = centred @ axis
+    radial = np.linalg.norm(centred - depth[:, None] * axis, axis=1)
+    central = radial <= np.percentile(radial, 30)
+    if depth[central].mean() < depth[~central].mean():
+        axis = -axis
+    return axis, True
+
+
+def _frontal_nose_tip(vertices: np.ndarray, axis: np.ndarray) -> np.ndarray:
+    """Median of the most frontal points (along ``axis``) within half the robust radius of the face's centre line."""
+    depth = vertices @ axis
+    planar = vertices - depth[:, None] * axis
+    radial = np.linalg.norm(planar - np.median(planar, axis=0), axis=1)
+    candidates = np.flatnonzero(radial <= 0.5 * np.percentile(radial, 90))
+    if len(candidates) == 0:
+        candidates = np.arange(len(vertices))
+    top_k = min(len(candidates), max(5, len(candidates) // 100))
+    frontal = candidates[np.argpartition(-depth[candidates], top_k - 1)[:top_k]]
+    return np.median(vertices[frontal], axis=0)
+
+
+def _rotation_onto_z(axis: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking the unit vector ``axis`` (not parallel to -z) onto +z."""
+    cross = np.cross(axis, [0.0, 0.0, 1.0])
+    skew = np.array([[0.0, -cross[2], cross[1]], [cross[2], 0.0, -cross[0]], [-cross[1], cross[0], 0.0]])
+    return np.eye(3) + skew + skew @ skew / (1.0 + axis[2])
+
+
+def _normalize(scan: FaceScan, face_size: float):
+    """Canonical (vertices float32, faces int64) plus the mask of the input faces that were kept."""
+    source = scan.source_path or "<in-memory scan>"
+    vertices, faces, kept_faces = _clean(scan, source)
+    axis, turn = _facing_axis(vertices)
+    nose_tip = _landmark_nose_tip(scan)
+    if nose_tip is None:
+        nose_tip = _frontal_nose_tip(vertices, axis)
+    vertices = vertices - nose_tip
+    if turn:
+        vertices = vertices @ _rotation_onto_z(axis).T
+    planar = vertices[:, :2]
+    radius = np.percentile(np.linalg.norm(planar - np.median(planar, axis=0), axis=1), 90)
+    if not radius > 0:
+        raise ScanFormatError(source, "degenerate mesh: the vertices have no extent in the image plane")
+    return (vertices * (face_size / radius)).astype(np.float32), faces, kept_faces
+
+
+def normalize_scan(scan, face_size: float = DEFAULT_FACE_SIZE):
+    """Moves a scan into the canonical render frame: returns (vertices (N, 3) float32, faces (M, 3) int64).
+
+    Non-finite vertices, the faces that use them and unused vertices are dropped; the nose tip (a landmark named
+    like "Nose tip" when the scan has one, else the robust most frontal point near the face's centre line) goes to
+    the origin; the 90th percentile xy distance from the median vertex becomes ``face_size``. A scan whose depth
+    axis is clearly not z is first turned so that its face looks along +z.
+
+    Raises:
+        ScanFormatError: naming ``scan.source_path`` when no face is left or the mesh is malformed.
+    """
+    vertices, faces, _ = _normalize(_as_face_scan(scan), face_size)
+    return vertices, faces
+
+
+def _load_texture(path) -> Optional[np.ndarray]:
+    """The texture image as (H, W, 3) uint8, or None (logged) when it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as error:
+        logger.warning("Texture %s is unreadable (%s); rendering the shaded value instead", path, error)
+        return None
+
+
+@dataclass
+class _PreparedMesh:
+    """A normalised mesh ready for a backend; ``corner_uv`` (M, 3, 2) and ``texture`` are set together or not at all."""
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    corner_uv: Optional[np.ndarray] = None
+    texture: Optional[np.ndarray] = None
+
+
+def _prepare(scan, face_size: float, with_texture: bool) -> _PreparedMesh:
+    scan = _as_face_scan(scan)
+    vertices, faces, kept_faces = _normalize(scan, face_size)
+    if not (with_texture and scan.uv is not None and scan.texture_path):
+        return _PreparedMesh(vertices, faces)
+    source = scan.source_path or "<in-memory scan>"
+    uv = np.asarray(scan.uv, dtype=np.float32)
+    corners = np.asarray(scan.faces if scan.uv_faces is None else scan.uv_faces)
+    if corners.shape != np.shape(scan.faces) or uv.ndim != 2 or uv.shape[1] != 2:
+        raise ScanFormatError(source, f"uv {uv.shape} / uv_faces {corners.shape} do not match faces {np.shape(scan.faces)}")
+    if corners.min() < 0 or corners.max() >= len(uv):
+        raise ScanFormatError(source, f"uv indices must lie in [0, {len(uv)})")
+    texture = _load_texture(scan.texture_path)
+    if texture is None:
+        return _PreparedMesh(vertices, faces)
+    return _PreparedMesh(vertices, faces, uv[corners[kept_faces]], texture)
+
+
+def _view_rotations(views) -> np.ndarray:
+    """(V, 3, 3) head rotations: pitch (about -x, so the nose moves to +y) first, then yaw (about +y, nose to +x)."""
+    rotations = []
+    for yaw, pitch in views:
+        cy, sy = math.cos(math.radians(yaw)), math.sin(math.radians(yaw))
+        cp, sp = math.cos(math.radians(pitch)), math.sin(math.radians(pitch))
+        yaw_matrix = np.array([[cy, 0.0, sy], [0.0, 1.0, 0.0], [-sy, 0.0, cy]])
+        pitch_matrix = np.array([[1.0, 0.0, 0.0], [0.0, cp, sp], [0.0, -sp, cp]])
+        rotations.append(yaw_matrix @ pitch_matrix)
+    return np.stack(rotations)
+
+
+def _vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
+    """Area-weighted unit vertex normals (N, 3)."""
+    corners = vertices[faces]
+    face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=1)
+    normals = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1), face_normals.repeat_interleave(3, dim=0))
+    return torch.nn.functional.normalize(normals, dim=1)
+
+
+def _compose_channels(channels, pixel, depth_z, normals, rgb, has_rgb, num_images: int, size: int) -> torch.Tensor:
+    """Turns per-pixel fragments into (num_images, C, size, size) channel images; shared by both backends.
+
+    ``pixel`` indexes the flattened (num_images, size, size) grid; ``depth_z`` is the camera-frame z, ``normals`` the
+    interpolated (unnormalised) camera-frame normals, ``rgb`` the texture colour where ``has_rgb`` is set.
+    """
+    unit = torch.nn.functional.normalize(normals, dim=1)
+    unit = torch.where(unit[:, 2:3] < 0, -unit, unit)
+    light = torch.tensor(LIGHT_DIRECTION, dtype=unit.dtype, device=unit.device)
+    shaded = (AMBIENT + (1.0 - AMBIENT) * (unit @ light).clamp(min=0.0))[:, None]
+    values = {
+        "shaded": shaded,
+        "depth": ((depth_z - DEPTH_FAR) / (DEPTH_NEAR - DEPTH_FAR)).clamp(0.0, 1.0)[:, None],
+        "normals": (unit + 1.0) / 2.0,
+        "texture": torch.where(has_rgb[:, None], rgb, shaded.expand(-1, 3)),
+    }
+    stacked = torch.cat([values[name] for name in channels], dim=1)
+    images = torch.zeros(stacked.shape[1], num_images * size * size, dtype=stacked.dtype, device=stacked.device)
+    images[:, pixel] = stacked.T
+    return images.view(-1, num_images, size, size).transpose(0, 1)
+
+
+def _interpolate(attributes: torch.Tensor, corners: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Barycentric interpolation of per-vertex ``attributes`` (P, A) over triangles ``corners`` (F, 3) -> (F, A)."""
+    return sum(weights[:, i, None] * attributes[corners[:, i]] for i in range(3))
+
+
+def _edge_planes(tri_x: torch.Tensor, tri_y: torch.Tensor, origin_x: torch.Tensor, origin_y: torch.Tensor):
+    """Barycentric weights of triangles as planes over their pixel windows: w_i = base_i + dx_i x' + dy_i y'.
+
+    x' = x - origin_x and y' = y - origin_y are offsets from each triangle's window corner, which keeps the float32
+    evaluation accurate to about 1e-6 anywhere in a large image. Returns (T, 3, 3) rows (base_i, dx_i, dy_i) and the
+    doubled signed areas (T,).
+    """
+    x = tri_x - origin_x[:, None].to(tri_x.dtype)
+    y = tri_y - origin_y[:, None].to(tri_y.dtype)
+    x_next, y_next = x.roll(-1, dims=1), y.roll(-1, dims=1)
+    x_prev, y_prev = x.roll(1, dims=1), y.roll(1, dims=1)
+    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+    safe_area = torch.where(area.abs() > 1e-12, area, torch.ones_like(area))[:, None, None]
+    planes = torch.stack([x_next * y_prev - x_prev * y_next, y_next - y_prev, x_prev - x_next], dim=2)
+    return planes / safe_area, area
+
+
+def _draw_windows(keys, planes, pixel_base, first_triangle: int, side: int, size: int):
+    """Scatter-max the packed (depth, triangle) keys of every pixel centre that the triangles cover into ``keys``.
+
+    ``planes`` (n, 4, 3) hold each triangle's quantised-depth and barycentric planes over its side x side window,
+    whose top-left pixel is ``pixel_base``; triangles are numbered from ``first_triangle``.
+    """
+    window_size = side * side
+    offsets = torch.arange(window_size, device=keys.device)
+    offset_pixel = (offsets // side) * size + offsets % side
+    samples = torch.stack([torch.ones_like(offsets), offsets % side, offsets // side]).to(planes.dtype)
+    chunk = max(1, _MAX_SAMPLES_PER_CHUNK // window_size)
+    for start in range(0, len(planes), chunk):
+        values = planes[start : start + chunk] @ samples
+        nearest_weight = torch.minimum(torch.minimum(values[:, 1], values[:, 2]), values[:, 3])
+        inside = torch.nonzero(nearest_weight.view(-1) >= -_BARYCENTRIC_TOLERANCE).squeeze(1)
+        local = inside // window_size
+        depth = values.view(-1)[inside + local * (3 * window_size)]
+        triangle = local + start
+        pixel = pixel_base[triangle] + offset_pixel[inside - local * window_size]
+        keys.scatter_reduce_(0, pixel, depth.long() * 2**32 + (triangle + first_triangle), reduce="amax")
+
+
+def rasterize(vertices: torch.Tensor, faces: torch.Tensor, face_image: torch.Tensor, num_images: int, size: int):
+    """Z-buffer rasterization of many orthographic images at once, without a Python loop over triangles.
+
+    Triangles are grouped by bounding-box size; each group tests a fixed square window of candidate pixel centres
+    per triangle (large triangles in chunks), and one scatter-max over packed (depth, triangle) keys keeps the
+    nearest triangle per pixel.
+
+    Args:
+        vertices: (P, 3) float camera-frame positions; x, y in [-1, 1] cover the image, larger z is nearer.
+        faces: (T, 3) long vertex indices.
+        face_image: (T,) long index of the image each triangle is drawn into.
+        num_images: number of images; size: their side in pixels.
+
+    Returns:
+        (pixel, face, barycentrics): for every covered pixel centre, its index into the flattened
+        (num_images, size, size) grid, the nearest triangle there and the (F, 3) barycentric weights.
+    """
+    device, dtype = vertices.device, vertices.dtype
+    tri_x = ((vertices[:, 0] + 1.0) * (size / 2.0) - 0.5)[faces]
+    tri_y = ((1.0 - vertices[:, 1]) * (size / 2.0) - 0.5)[faces]
+    x_low = tri_x.amin(1).ceil().clamp(min=0).long()
+    y_low = tri_y.amin(1).ceil().clamp(min=0).long()
+    width = tri_x.amax(1).floor().clamp(max=size - 1).long() - x_low + 1
+    height = tri_y.amax(1).floor().clamp(max=size - 1).long() - y_low + 1
+    sides = [side for side in _WINDOW_SIDES if side < size] + [size]
+    group = torch.bucketize(torch.maximum(width, height), torch.tensor(sides, device=device))
+    # Windows never cross the image's right or bottom edge: near it they start further left / up.
+    side = torch.tensor(sides + [1], device=device)[group]
+    origin_x = torch.minimum(x_low, size - side)
+    origin_y = torch.minimum(y_low, size - side)
+    planes, area = _edge_planes(tri_x, tri_y, origin_x, origin_y)
+    group = torch.where((width > 0) & (height > 0) & (area.abs() > 1e-12), group, len(sides))
+
+    # Keys pack the depth, quantised to 31 bits (with headroom for the barycentric tolerance), above the triangle
+    # index, so that one scatter-max keeps the nearest triangle per pixel and remembers which one it was.
+    z = vertices[:, 2]
+    depth_scale = 2.0**29 / (z.max() - z.min()).clamp(min=1e-12)
+    z_corners = (z[faces] - z.min()) * depth_scale + 2.0**29
+    planes = torch.cat([torch.bmm(z_corners[:, None, :], planes), planes], dim=1)
+    order = torch.argsort(group, stable=True)
+    planes, group = planes[order], group[order]
+    pixel_base = ((face_image * size + origin_y) * size + origin_x)[order]
+    keys = torch.full((num_images * size * size,), -1, dtype=torch.int64, device=device)
+
+    bounds = np.cumsum([0] + torch.bincount(group, minlength=len(sides) + 1).tolist())
+    for side, start, stop in zip(sides, bounds[:-1], bounds[1:]):
+        if stop > start:
+            _draw_windows(keys, planes[start:stop], pixel_base[start:stop], int(start), side, size)
+
+    pixel = torch.nonzero(keys >= 0).squeeze(1)
+    triangle = keys[pixel] & (2**32 - 1)
+    offset = pixel - pixel_base[triangle]
+    weight_planes = planes[triangle, 1:]
+    weights = (
+        weight_planes[:, :, 0]
+        + weight_planes[:, :, 1] * (offset % size).to(dtype)[:, None]
+        + weight_planes[:, :, 2] * (offset // size).to(dtype)[:, None]
+    ).clamp(min=0.0)
+    return pixel, order[triangle], weights / weights.sum(-1, keepdim=True)
+
+
+class MultiviewRenderer:
+    """Renders face scans as V orthographic views with stacked channels, as float32 arrays (V, C, H, W).
+
+    Args:
+        views: (yaw, pitch) pairs in degrees; yaw +θ moves the nose to the image's right, pitch +θ moves it up.
+        image_size: side of the square images in pixels (at least 8).
+        channels: names from :data:`CHANNEL_WIDTHS`, stacked in this order.
+        backend: ``"torch"`` (vectorised rasterizer, CPU or CUDA, batched over views and scans) or ``"pyrender"``
+            (OpenGL through EGL; needs libegl1 libegl-mesa0 libgl1-mesa-dri and PYOPENGL_PLATFORM=egl).
+        device: torch device of the torch backend (default CPU); the pyrender backend runs on the CPU side only.
+        face_size: robust face radius in the canonical frame, where the image spans [-1, 1].
+
+    Both backends agree on the same scan within a mean absolute depth and shaded difference below 0.02, with at
+    least 98% of foreground pixels matching in the mask (silhouettes may differ by one pixel).
+    """
+
+    def __init__(
+        self,
+        views=DEFAULT_VIEWS,
+        image_size: int = 224,
+        channels=("shaded", "depth", "normals"),
+        backend: str = "torch",
+        device=None,
+        face_size: float = DEFAULT_FACE_SIZE,
+    ):
+        self.views = tuple((float(yaw), float(pitch)) for yaw, pitch in views)
+        if not self.views:
+            raise ValueError("views must name at least one (yaw, pitch) pair")
+        if not all(math.isfinite(angle) for view in self.views for angle in view):
+            raise ValueError(f"view angles must be finite, got {self.views}")
+        if int(image_size) != image_size or image_size < 8:
+            raise ValueError(f"image_size must be an integer of at least 8, got {image_size}")
+        self.channels = tuple(_check_channel(name) for name in channels)
+        if not self.channels or len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels must be a non-empty list of distinct names, got {channels}")
+        if backend not in BACKENDS:
+            raise ValueError(f"Unknown render backend {backend!r}; choose from {BACKENDS}")
+        if not face_size > 0:
+            raise ValueError(f"face_size must be positive, got {face_size}")
+        self.device = torch.device(device if device is not None else "cpu")
+        if backend == "pyrender" and self.device.type != "cpu":
+            raise ValueError(f"the pyrender backend renders through OpenGL; device={device} applies to backend='torch'")
+        self.image_size = int(image_size)
+        self.backend = backend
+        self.face_size = float(face_size)
+        self.num_channels = channel_count(self.channels)
+        self._rotations = _view_rotations(self.views)
+        self._pivot = np.array([0.0, 0.0, -self.face_size])
+        self._opengl = None
+
+    def render(self, scan) -> np.ndarray:
+        """Renders one FaceScan, trimesh.Trimesh or (vertices, faces) pair as (V, C, H, W) float32."""
+        return self.render_batch([scan])[0]
+
+    def render_batch(self, scans) -> np.ndarray:
+        """Renders a list of scans as (B, V, C, H, W) float32; the torch backend draws them all in one pass."""
+        meshes = [_prepare(scan, self.face_size, "texture" in self.channels) for scan in scans]
+        if not meshes:
+            return np.zeros((0, len(self.views), self.num_channels, self.image_size, self.image_size), np.float32)
+        if self.backend == "torch":
+            fragments = self._torch_fragments(meshes)
+        else:
+            fragments = self._pyrender_fragments(meshes)
+        num_images = len(meshes) * len(self.views)
+        images = _compose_channels(self.channels, *fragments, num_images=num_images, size=self.image_size)
+        return images.reshape(len(meshes), len(self.views), *images.shape[1:]).contiguous().cpu().numpy()
+
+    def close(self):
+        """Releases the OpenGL context of the pyrender backend (a later render creates a new one)."""
+        if self._opengl is not None:
+            self._opengl.renderer.delete()
+            self._opengl = None
+
+    def _torch_fragments(self, meshes):
+        device, num_views = self.device, len(self.views)
+        vertex_offsets = np.cumsum([0] + [len(mesh.vertices) for mesh in meshes])
+        face_counts = torch.tensor([len(mesh.faces) for mesh in meshes], device=device)
+        vertices = torch.from_numpy(np.concatenate([mesh.vertices for mesh in meshes])).to(device)
+        faces = torch.from_numpy(np.concatenate([mesh.faces + start for mesh, start in zip(meshes, vertex_offsets)]))
+        faces = faces.to(device)
+        face_scan = torch.repeat_interleave(torch.arange(len(meshes), device=device), face_counts)
+        rotations = torch.from_numpy(self._rotations).to(device=device, dtype=vertices.dtype)
+        pivot = torch.from_numpy(self._pivot).to(device=device, dtype=vertices.dtype)
+        view_vertices = (torch.einsum("vij,nj->vni", rotations, vertices - pivot) + pivot).reshape(-1, 3)
+        view_normals = torch.einsum("vij,nj->vni", rotations, _vertex_normals(vertices, faces)).reshape(-1, 3)
+        view_range = torch.arange(num_views, device=device)
+        view_faces = (faces[None] + view_range[:, None, None] * len(vertices)).reshape(-1, 3)
+        face_image = (face_scan[None] * num_views + view_range[:, None]).reshape(-1)
+        pixel, face, weights = rasterize(view_vertices, view_faces, face_image, len(meshes) * num_views, self.image_size)
+        attributes = torch.cat([view_vertices[:, 2:], view_normals], dim=1)
+        interpolated = _interpolate(attributes, view_faces[face], weights)
+        depth_z, normals = interpolated[:, 0], interpolated[:, 1:]
+        rgb = torch.zeros_like(normals)
+        has_rgb = torch.zeros(len(pixel), dtype=torch.bool, device=device)
+        source_face = face % len(faces)
+        face_offsets = np.cumsum([0] + [len(mesh.faces) for mesh in meshes])
+        for index, mesh in enumerate(meshes):
+            if mesh.texture is None:
+                continue
+            selected = torch.nonzero(face_scan[source_face] == index).squeeze(1)
+            corner_uv = torch.from_numpy(mesh.corner_uv).to(device)[source_face[selected] - int(face_offsets[index])]
+            texture = torch.as_tensor(np.array(mesh.texture), device=device)
+            rgb[selected] = _sample_texture(texture, (weights[selected, :, None] * corner_uv).sum(1))
+            has_rgb[selected] = True
+        return pixel, depth_z, normals, rgb, has_rgb
+
+    def _pyrender_fragments(self, meshes):
+        if self._opengl is None:
+            self._opengl = _OpenGLViews(self.image_size)
+        pixels, depths, normals, colours, has_colours = [], [], [], [], []
+        poses = np.tile(np.eye(4), (len(self.views), 1, 1))
+        poses[:, :3, :3] = self._rotations
+        poses[:, :3, 3] = self._pivot - self._rotations @ self._pivot
+        pixels_per_image = self.image_size * self.image_size
+        for index, mesh in enumerate(meshes):
+            vertex_normals = _vertex_normals(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces)).numpy()
+            for view, (normal_rgba, depth, texture_rgba) in enumerate(self._opengl.render(mesh, vertex_normals, poses)):
+                coverage = normal_rgba[..., 3].astype(np.float32)
+                mask = (coverage >= 128) & (depth > 0)
+                pixels.append((index * len(self.views) + view) * pixels_per_image + np.flatnonzero(mask))
+                depths.append(_CAMERA_Z - _orthographic_distance(depth[mask]))
+                # Multisampling blends silhouette pixels with the transparent background: divide by the coverage.
+                object_normals = normal_rgba[mask, :3] / coverage[mask, None] * 2.0 - 1.0
+                normals.append(object_normals @ self._rotations[view].T)
+                if texture_rgba is None:
+                    has_colours.append(np.zeros(len(object_normals), dtype=bool))
+                    colours.append(np.zeros_like(object_normals))
+                else:
+                    texture_coverage = texture_rgba[mask, 3].astype(np.float32)
+                    has_colours.append(texture_coverage > 0)
+                    colours.append(texture_rgba[mask, :3] / np.maximum(texture_coverage, 1.0)[:, None])
+        return (
+            torch.from_numpy(np.concatenate(pixels)),
+            torch.from_numpy(np.concatenate(depths).astype(np.float32)),
+            torch.from_numpy(np.concatenate(normals).astype(np.float32)),
+            torch.from_numpy(np.concatenate(colours).astype(np.float32)),
+            torch.from_numpy(np.concatenate(has_colours)),
+        )
+
+
+def _sample_texture(texture: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """Bilinear (H, W, 3) uint8 texture lookup at (P, 2) uv (origin bottom-left, clamped to the edge) as (P, 3)."""
+    image = texture.permute(2, 0, 1)[None].float() / 255.0
+    grid = torch.stack((uv[:, 0] * 2.0 - 1.0, 1.0 - uv[:, 1] * 2.0), dim=-1)[None, None].to(image.dtype)
+    sampled = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return sampled[0, :, 0].T
+
+
+# The pyrender camera sits on +z looking down -z; its clip range [_CAMERA_Z - _CAMERA_ZFAR, _CAMERA_Z - _CAMERA_ZNEAR]
+# = [-10, 10] in canonical units holds any normalised face.
+_CAMERA_Z = 11.0
+_CAMERA_ZNEAR = 1.0
+_CAMERA_ZFAR = 21.0
+
+
+def _orthographic_distance(depth: np.ndarray) -> np.ndarray:
+    """Undoes pyrender's perspective depth linearisation, which it applies to orthographic cameras as well."""
+    return _CAMERA_ZNEAR + _CAMERA_ZFAR - _CAMERA_ZNEAR * _CAMERA_ZFAR / depth
+
+
+class _OpenGLViews:
+    """One pyrender scene, orthographic camera and OffscreenRenderer, created once and reused for every scan."""
+
+    def __init__(self, size: int):
+        os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+        try:
+            import pyrender
+
+            self.renderer = pyrender.OffscreenRenderer(size, size)
+        except Exception as error:
+            raise RuntimeError(
+                f"OpenGL (EGL) could not be initialised for backend='pyrender' ({type(error).__name__}: {error}). "
+                "Install libegl1 libegl-mesa0 libgl1-mesa-dri and set PYOPENGL_PLATFORM=egl before anything imports "
+                "OpenGL, or use backend='torch'."
+            ) from error
+        self.pyrender = pyrender
+        self.scene = pyrender.Scene(bg_color=np.zeros(4))
+        camera_pose = np.eye(4)
+        camera_pose[2, 3] = _CAMERA_Z
+        camera = pyrender.OrthographicCamera(xmag=1.0, ymag=1.0, znear=_CAMERA_ZNEAR, zfar=_CAMERA_ZFAR)
+        self.scene.add(camera, pose=camera_pose)
+        flags = pyrender.RenderFlags
+        self.flags = flags.FLAT | flags.RGBA | flags.SKIP_CULL_FACES
+
+    def render(self, mesh: _PreparedMesh, vertex_normals: np.ndarray, poses: np.ndarray):
+        """Per view: (normal colours RGBA uint8, pyrender depth, texture RGBA uint8 or None), all (H, W, ...)."""
+        pyrender = self.pyrender
+        material = pyrender.MetallicRoughnessMaterial(baseColorFactor=np.ones(4), doubleSided=True)
+        colours = np.concatenate([(vertex_normals + 1.0) / 2.0, np.ones((len(vertex_normals), 1))], axis=1)
+        primitive = pyrender.Primitive(
+            positions=mesh.vertices, color_0=colours, indices=mesh.faces, material=material
+        )
+        nodes = [self.scene.add(pyrender.Mesh([primitive]))]
+        if mesh.texture is not None:
+            nodes.append(self.scene.add(self._textured_mesh(mesh)))
+        try:
+            outputs = []
+            for pose in poses:
+                for node in nodes:
+                    self.scene.set_pose(node, pose)
+                outputs.append(self._render_passes(nodes))
+            return outputs
+        finally:
+            for node in nodes:
+                self.scene.remove_node(node)
+
+    def _render_passes(self, nodes):
+        for node in nodes:
+            node.mesh.is_visible = node is nodes[0]
+        normal_rgba, depth = self.renderer.render(self.scene, flags=self.flags)
+        if len(nodes) == 1:
+            return normal_rgba, depth, None
+        for node in nodes:
+            node.mesh.is_visible = node is nodes[1]
+        texture_rgba, _ = self.renderer.render(self.scene, flags=self.flags)
+        return normal_rgba, depth, texture_rgba
+
+    def _textured_mesh(self, mesh: _PreparedMesh):
+        pyrender = self.pyrender
+        linear, clamp = pyrender.constants.GLTF.LINEAR, pyrender.constants.GLTF.CLAMP_TO_EDGE
+        sampler = pyrender.Sampler(magFilter=linear, minFilter=linear, wrapS=clamp, wrapT=clamp)
+        # RGBA rows are 4-byte aligned, which OpenGL's default unpack alignment needs for odd texture widths.
+        rgba = np.concatenate([mesh.texture, np.full(mesh.texture.shape[:2] + (1,), 255, np.uint8)], axis=2)
+        texture = pyrender.Texture(source=rgba, source_channels="RGBA", sampler=sampler)
+        material = pyrender.MetallicRoughnessMaterial(baseColorFactor=np.ones(4), baseColorTexture=texture, doubleSided=True)
+        corners = len(mesh.faces) * 3
+        primitive = pyrender.Primitive(
+            positions=mesh.vertices[mesh.faces].reshape(corners, 3),
+            texcoord_0=mesh.corner_uv.reshape(corners, 2),
+            indices=np.arange(corners).reshape(-1, 3),
+            material=material,
+        )
+        return pyrender.Mesh([primitive])
