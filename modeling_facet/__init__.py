@@ -4,10 +4,18 @@ Importing this package registers the FACET-VLM classes with the transformers Aut
 remote code so that `save_pretrained` writes the modeling files next to the weights.
 """
 
-from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModel,
+    AutoModelForZeroShotImageClassification,
+    AutoProcessor,
+)
 
 from .configuration_facet import FacetVLMConfig
+from .image_processing_facet import FacetMeshImageProcessor
 from .modeling_facet import FacetVLMForExpressionRecognition, FacetVLMModel, FacetVLMPreTrainedModel
+from .processing_facet import FacetVLMProcessor
 
 
 AutoConfig.register(FacetVLMConfig.model_type, FacetVLMConfig, exist_ok=True)
@@ -16,10 +24,16 @@ AutoModelForZeroShotImageClassification.register(FacetVLMConfig, FacetVLMForExpr
 FacetVLMConfig.register_for_auto_class()
 FacetVLMModel.register_for_auto_class("AutoModel")
 FacetVLMForExpressionRecognition.register_for_auto_class("AutoModelForZeroShotImageClassification")
+AutoImageProcessor.register(FacetVLMConfig, image_processor_classes={"pil": FacetMeshImageProcessor}, exist_ok=True)
+AutoProcessor.register(FacetVLMConfig, FacetVLMProcessor, exist_ok=True)
+FacetMeshImageProcessor.register_for_auto_class()
+FacetVLMProcessor.register_for_auto_class()
 
 __all__ = [
+    "FacetMeshImageProcessor",
     "FacetVLMConfig",
     "FacetVLMForExpressionRecognition",
     "FacetVLMModel",
     "FacetVLMPreTrainedModel",
+    "FacetVLMProcessor",
 ]
