@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.bench_parsing import cpu_model
 from modeling_facet.mesh_io import FaceScan
 from modeling_facet.rendering import MultiviewRenderer
 
@@ -39,54 +40,76 @@ def face_like_scan(rows: int = 60, cols: int = 61, seed: int = 0) -> FaceScan:
     return FaceScan(vertices=vertices.astype(np.float32), faces=faces.astype(np.int64), source_path="face_like_scan")
 
 
-def _median_seconds(call, repeats: int) -> float:
-    call()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _median_seconds(calls: dict, repeats: int) -> dict:
+    """Median wall time of each call after a warm-up; the calls take turns, so load changes hit them alike."""
+    timings = {name: [] for name in calls}
+    for call in calls.values():
         call()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            timings[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in timings.items()}
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+def _single_threaded(call):
+    def run_with_one_thread():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            call()
+        finally:
+            torch.set_num_threads(threads)
+
+    return run_with_one_thread
 
 
 def run(quick: bool) -> dict:
-    """Measures scans/s of each backend for one scan, the torch backend's batched rate and the torch/pyrender ratio."""
+    """Scans/s of each backend on one scan, side by side, the torch backend batched, and torch/pyrender ratios.
+
+    The torch backend is timed with torch's default intra-op threads and with one thread: on a busy machine
+    OpenMP threads that wait for each other can make the default far slower than one thread.
+    """
     repeats = 5 if quick else 20
     batch_size = 8
     scan = face_like_scan()
     batch = [face_like_scan(seed=seed) for seed in range(batch_size)]
+    torch_renderer = MultiviewRenderer(backend="torch")
+    calls = {
+        "torch": lambda: torch_renderer.render(scan),
+        "torch_1thread": _single_threaded(lambda: torch_renderer.render(scan)),
+        "torch_batched": lambda: torch_renderer.render_batch(batch),
+    }
     results = {
         "scan": {"vertices": len(scan.vertices), "triangles": len(scan.faces)},
-        "views": 3,
-        "image_size": 224,
-        "channels": ["shaded", "depth", "normals"],
+        "views": len(torch_renderer.views),
+        "image_size": torch_renderer.image_size,
+        "channels": list(torch_renderer.channels),
         "repeats": repeats,
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_average_before": os.getloadavg()[0],
     }
-    torch_renderer = MultiviewRenderer(backend="torch")
-    results["torch_scans_per_s"] = 1.0 / _median_seconds(lambda: torch_renderer.render(scan), repeats)
-    results["torch_batched_scans_per_s"] = batch_size / _median_seconds(lambda: torch_renderer.render_batch(batch), repeats)
-    results["torch_batch_size"] = batch_size
     try:
         pyrender_renderer = MultiviewRenderer(backend="pyrender")
-        results["pyrender_scans_per_s"] = 1.0 / _median_seconds(lambda: pyrender_renderer.render(scan), repeats)
-        pyrender_renderer.close()
-        results["torch_over_pyrender"] = results["torch_scans_per_s"] / results["pyrender_scans_per_s"]
+        pyrender_renderer.render(scan)
+        calls["pyrender"] = lambda: pyrender_renderer.render(scan)
     except RuntimeError as error:
         results["pyrender_error"] = str(error)
+    seconds = _median_seconds(calls, repeats)
+    results["load_average_after"] = os.getloadavg()[0]
+    results["torch_scans_per_s"] = 1.0 / seconds["torch"]
+    results["torch_1thread_scans_per_s"] = 1.0 / seconds["torch_1thread"]
+    results["torch_batched_scans_per_s"] = batch_size / seconds["torch_batched"]
+    results["torch_batch_size"] = batch_size
+    if "pyrender" in seconds:
+        pyrender_renderer.close()
+        results["pyrender_scans_per_s"] = 1.0 / seconds["pyrender"]
+        results["torch_over_pyrender"] = seconds["pyrender"] / seconds["torch"]
+        results["torch_1thread_over_pyrender"] = seconds["pyrender"] / seconds["torch_1thread"]
+        results["torch_batched_over_pyrender"] = results["torch_batched_scans_per_s"] * seconds["pyrender"]
     if torch.cuda.is_available():
         cuda_renderer = MultiviewRenderer(backend="torch", device="cuda")
 
@@ -95,7 +118,7 @@ def run(quick: bool) -> dict:
             torch.cuda.synchronize()
 
         results["cuda_device"] = torch.cuda.get_device_name()
-        results["cuda_batched_scans_per_s"] = batch_size / _median_seconds(cuda_batch, repeats)
+        results["cuda_batched_scans_per_s"] = batch_size / _median_seconds({"cuda": cuda_batch}, repeats)["cuda"]
     return results
 
 
