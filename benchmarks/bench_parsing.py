@@ -65,7 +65,7 @@ def make_bosphorus_bnt(path: str, nrows: int = 220, ncols: int = 200, zmin: floa
     """Write a Bosphorus-size ``.bnt``: a bump inside an ellipse, invalid (zmin) points outside it."""
     r, c = np.mgrid[0:nrows, 0:ncols]
     x, y = -80 + 0.76 * c, -100 + 0.76 * r
-    inside = ((r - nrows / 2) / (0.55 * nrows)) ** 2 + ((c - ncols / 2) / (0.55 * ncols)) ** 2 < 1
+    inside = ((r - nrows / 2) / (0.515 * nrows)) ** 2 + ((c - ncols / 2) / (0.515 * ncols)) ** 2 < 1
     z = np.round(40 * np.exp(-((x + 4) ** 2 + (y - 16) ** 2) / 3000), 3)
     x, y, z = (np.where(inside, plane, zmin) for plane in (np.round(x, 3), np.round(y, 3), z))
     u = np.round((6 * c + 1) / (6 * ncols), 6)

@@ -136,6 +136,23 @@ def _read_text(path: str) -> str:
         return handle.read().decode("utf-8-sig")
 
 
+def _finite_float32(values, path: str, what: str) -> np.ndarray:
+    """Cast to float32, refusing NaN, infinity and values beyond the float32 range."""
+    with np.errstate(over="ignore"):
+        values = np.asarray(values).astype(np.float32)
+    if not np.isfinite(values).all():
+        raise ScanFormatError(path, f"{what} contain NaN, infinity or values beyond the float32 range")
+    return values
+
+
+def _parsed(parse, text, path: str, what: str) -> np.ndarray:
+    """Run a vectorised number parser; a token that is not a number is reported with ``what`` it was in."""
+    try:
+        return parse(text)
+    except (ValueError, OverflowError) as error:
+        raise ScanFormatError(path, f"{what}: a token is not a number ({error})") from error
+
+
 def _check_scan(scan: FaceScan, path: str, max_points: int) -> FaceScan:
     """Validate shapes, finiteness and index ranges of a freshly read scan."""
     vertices, faces = scan.vertices, scan.faces
@@ -145,13 +162,9 @@ def _check_scan(scan: FaceScan, path: str, max_points: int) -> FaceScan:
         raise ScanFormatError(path, f"{len(vertices)} vertices is more than max_points={max_points}")
     if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
         raise ScanFormatError(path, "empty mesh: no faces")
-    if not np.isfinite(vertices).all():
-        raise ScanFormatError(path, "vertex coordinates contain NaN or infinity")
     if faces.min() < 0 or faces.max() >= len(vertices):
         raise ScanFormatError(path, f"vertex index out of range (indices {faces.min()}..{faces.max()}, {len(vertices)} vertices)")
     if scan.uv is not None:
-        if not np.isfinite(scan.uv).all():
-            raise ScanFormatError(path, "texture coordinates contain NaN or infinity")
         corners = faces if scan.uv_faces is None else scan.uv_faces
         if corners.min() < 0 or corners.max() >= len(scan.uv):
             raise ScanFormatError(
@@ -195,28 +208,22 @@ def load_scan(path: PathLike, max_points: int = DEFAULT_MAX_POINTS, landmarks: U
 
 
 _DEF_NAME = r"(?:DEF\s+[^\s{]+\s+)?"
-_WRL_COORD = re.compile(r"coord\s+" + _DEF_NAME + r"Coordinate\s*\{\s*point\s*\[([^\]]*)\]")
-_WRL_COORD_INDEX = re.compile(r"coordIndex\s*\[([^\]]*)\]")
-_WRL_TEXCOORD = re.compile(r"texCoord\s+" + _DEF_NAME + r"TextureCoordinate\s*\{\s*point\s*\[([^\]]*)\]")
-_WRL_TEXCOORD_INDEX = re.compile(r"texCoordIndex\s*\[([^\]]*)\]")
 _WRL_URL = re.compile(r'url\s*\[?\s*"([^"]*)"')
 _WRL_SHAPE = re.compile(r"IndexedFaceSet\b")
-# A line's code before its comment: characters other than quote and hash, or whole quoted strings.
-_WRL_LINE_COMMENT = re.compile(r'\A((?:[^"#]|"[^"]*")*)#.*', re.S)
+# A quoted string (kept) or a comment (dropped); neither spans lines.
+_WRL_STRING_OR_COMMENT = re.compile(r'"[^"\n]*"|#[^\n]*')
 
 
 def _strip_wrl_comments(text: str) -> str:
-    """Drop ``#`` comments (outside quoted strings); only the few lines holding a ``#`` are visited."""
-    pieces, pos = [], 0
-    while (hash_at := text.find("#", pos)) != -1:
-        line_start = text.rfind("\n", 0, hash_at) + 1
-        line_end = text.find("\n", hash_at)
-        line_end = len(text) if line_end == -1 else line_end
-        pieces.append(text[pos:line_start])
-        pieces.append(_WRL_LINE_COMMENT.sub(r"\1", text[line_start:line_end], count=1))
-        pos = line_end
-    pieces.append(text[pos:])
-    return "".join(pieces)
+    """Drop ``#`` comments outside quoted strings; only the lines from the first to the last ``#`` are scanned."""
+    first = text.find("#")
+    if first == -1:
+        return text
+    start = text.rfind("\n", 0, first) + 1
+    end = text.find("\n", text.rfind("#"))
+    end = len(text) if end == -1 else end
+    kept = _WRL_STRING_OR_COMMENT.sub(lambda match: match.group() if match.group()[0] == '"' else "", text[start:end])
+    return text[:start] + kept + text[end:]
 
 
 def _floats(block: str) -> np.ndarray:
@@ -248,7 +255,7 @@ def _fan_corners(indices: np.ndarray) -> tuple:
 
 def _polygon_indices(block: str, what: str, path: str) -> np.ndarray:
     """Parse a coordIndex-like list and make sure it ends with ``-1``."""
-    indices = _ints(block)
+    indices = _parsed(_ints, block, path, what)
     if indices.size and indices.min() < -1:
         raise ScanFormatError(path, f"{what} holds a negative index other than -1")
     if indices.size and indices[-1] != -1:
@@ -256,32 +263,56 @@ def _polygon_indices(block: str, what: str, path: str) -> np.ndarray:
     return indices
 
 
+# IndexedFaceSet fields: (pattern up to the list's "[", keyword whose presence makes the field present, syntax).
+_WRL_FIELDS = {
+    "coord": (re.compile(r"coord\s+" + _DEF_NAME + r"Coordinate\s*\{\s*point\s*\["), "Coordinate", "coord Coordinate { point [...] }"),
+    "coordIndex": (re.compile(r"coordIndex\s*\["), "coordIndex", "coordIndex [...]"),
+    "texCoord": (
+        re.compile(r"texCoord\s+" + _DEF_NAME + r"TextureCoordinate\s*\{\s*point\s*\["),
+        "TextureCoordinate",
+        "texCoord TextureCoordinate { point [...] }",
+    ),
+    "texCoordIndex": (re.compile(r"texCoordIndex\s*\["), "texCoordIndex", "texCoordIndex [...]"),
+}
+
+
+def _wrl_list(field_name: str, part: str, path: str, required: bool) -> Optional[str]:
+    """The bracketed list of an IndexedFaceSet field, or ``None`` when an optional field is absent.
+
+    A field whose keyword appears but whose list cannot be delimited (truncated, unbalanced brackets) is an error,
+    never silently treated as absent.
+    """
+    opening, keyword, syntax = _WRL_FIELDS[field_name]
+    match = opening.search(part)
+    if match is None and not required and keyword not in part:
+        return None
+    close = -1 if match is None else part.find("]", match.end())  # str.find: no regex backtracking on big lists
+    if close == -1 or part.find("[", match.end(), close) != -1:
+        raise ScanFormatError(path, f"IndexedFaceSet has no readable '{syntax}'")
+    return part[match.end() : close]
+
+
 def _read_wrl_shape(part: str, path: str, max_points: int) -> FaceScan:
     """Read one IndexedFaceSet (the text from its keyword up to the next one)."""
-    coord = _WRL_COORD.search(part)
-    if coord is None:
-        raise ScanFormatError(path, "IndexedFaceSet has no 'coord Coordinate { point [...] }' coordinates")
-    points = _floats(coord.group(1))
+    points = _parsed(_floats, _wrl_list("coord", part, path, True), path, "coordinates")
     if points.size % 3:
         raise ScanFormatError(path, f"coordinate list holds {points.size} numbers, not a multiple of 3")
     if points.size // 3 > max_points:
         raise ScanFormatError(path, f"{points.size // 3} vertices is more than max_points={max_points}")
-    coord_index = _WRL_COORD_INDEX.search(part)
-    if coord_index is None:
-        raise ScanFormatError(path, "IndexedFaceSet has no coordIndex")
-    indices = _polygon_indices(coord_index.group(1), "coordIndex", path)
+    indices = _polygon_indices(_wrl_list("coordIndex", part, path, True), "coordIndex", path)
     corners, n_polygons = _fan_corners(indices)
-    scan = FaceScan(points.reshape(-1, 3).astype(np.float32), indices[corners], metadata={"polygons": n_polygons})
-    texcoord = _WRL_TEXCOORD.search(part)
-    if texcoord is None:
+    vertices = _finite_float32(points.reshape(-1, 3), path, "vertex coordinates")
+    scan = FaceScan(vertices, indices[corners], metadata={"polygons": n_polygons})
+    texcoords = _wrl_list("texCoord", part, path, False)
+    if texcoords is None:
         return scan
-    uv = _floats(texcoord.group(1))
+    uv = _parsed(_floats, texcoords, path, "texture coordinates")
     if uv.size % 2:
         raise ScanFormatError(path, f"texture coordinate list holds {uv.size} numbers, not a multiple of 2")
-    scan.uv = uv.reshape(-1, 2).astype(np.float32)
-    texcoord_index = _WRL_TEXCOORD_INDEX.search(part)
+    scan.uv = _finite_float32(uv.reshape(-1, 2), path, "texture coordinates")
+    texcoord_index = _wrl_list("texCoordIndex", part, path, False)
     if texcoord_index is not None:
-        uv_indices = _polygon_indices(texcoord_index.group(1), "texCoordIndex", path)
+        uv_indices = _polygon_indices(texcoord_index, "texCoordIndex", path)
         if uv_indices.shape != indices.shape or not np.array_equal(uv_indices == -1, indices == -1):
             raise ScanFormatError(path, "texCoordIndex polygons do not match coordIndex polygons")
         scan.uv_faces = uv_indices[corners]
@@ -387,9 +418,9 @@ def _read_bnt(path: str, max_points: int) -> FaceScan:
         raise ScanFormatError(path, "no valid point (every point equals zmin)")
     new_index = np.cumsum(valid.ravel()) - 1
     return FaceScan(
-        vertices=np.stack([x[valid], y[valid], z[valid]], axis=1).astype(np.float32),
+        vertices=_finite_float32(np.stack([x[valid], y[valid], z[valid]], axis=1), path, "vertex coordinates"),
         faces=new_index[_grid_triangles(valid)],
-        uv=np.stack([u[valid], v[valid]], axis=1).astype(np.float32),
+        uv=_finite_float32(np.stack([u[valid], v[valid]], axis=1), path, "texture coordinates"),
         texture_path=os.path.join(os.path.dirname(path), grid["imfile"]) if grid["imfile"] else None,
         metadata={
             "format": "bnt",
@@ -409,11 +440,11 @@ def _read_with_trimesh(path: str, ext: str) -> FaceScan:
     import trimesh
 
     mesh = trimesh.load(path, force="mesh", process=False)
-    vertices = np.asarray(mesh.vertices, dtype=np.float32)
+    vertices = _finite_float32(mesh.vertices, path, "vertex coordinates")
     scan = FaceScan(vertices, np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3), metadata={"format": ext[1:]})
     uv = getattr(mesh.visual, "uv", None)
     if uv is not None and len(uv) == len(vertices):
-        scan.uv = np.asarray(uv, dtype=np.float32)
+        scan.uv = _finite_float32(uv, path, "texture coordinates")
     image = getattr(getattr(mesh.visual, "material", None), "image", None)
     texture = getattr(image, "info", {}).get("file_path") if image is not None else None
     if texture:
@@ -433,10 +464,7 @@ def _rows(lines: list, width: int, path: str, what: str) -> np.ndarray:
     bad = next((i for i, row in enumerate(rows) if len(row) != width), None)
     if bad is not None:
         raise ScanFormatError(path, f"{what} line {bad + 1} has {len(rows[bad])} fields, expected {width}")
-    values = np.array(rows, dtype=np.float64).reshape(len(rows), width)
-    if not np.isfinite(values).all():
-        raise ScanFormatError(path, f"{what} contain NaN or infinity")
-    return values
+    return _parsed(lambda table: np.array(table, dtype=np.float64), rows, path, what).reshape(len(rows), width)
 
 
 def _nonblank(lines: list) -> list:
@@ -468,14 +496,15 @@ def _read_lm3(text: str, path: str) -> Landmarks:
     n, body = _bosphorus_landmark_body(text, path)
     if len(body) != 2 * n:
         raise ScanFormatError(path, f"announces {n} landmarks but has {len(body)} label/coordinate lines, expected {2 * n}")
-    return Landmarks(body[0::2], _rows(body[1::2], 3, path, "coordinates").astype(np.float32), None)
+    return Landmarks(body[0::2], _finite_float32(_rows(body[1::2], 3, path, "coordinates"), path, "coordinates"), None)
 
 
 def _read_lm2(text: str, path: str) -> Landmarks:
     n, body = _bosphorus_landmark_body(text, path)
     if len(body) != 2 * n + 2 or body[0].lower() != "labels:" or not body[n + 1].lower().startswith("2d image coordinates"):
         raise ScanFormatError(path, f"expected 'Labels:', {n} labels, '2D Image coordinates:' and {n} coordinate lines")
-    return Landmarks(body[1 : n + 1], _rows(body[n + 2 :], 2, path, "coordinates").astype(np.float32), None)
+    coordinates = _finite_float32(_rows(body[n + 2 :], 2, path, "coordinates"), path, "coordinates")
+    return Landmarks(body[1 : n + 1], coordinates, None)
 
 
 def _read_bnd(text: str, path: str) -> Landmarks:
@@ -486,21 +515,17 @@ def _read_bnd(text: str, path: str) -> Landmarks:
     indices = values[:, 0]
     if (indices < 0).any() or (indices != np.floor(indices)).any() or (indices >= 2**62).any():
         raise ScanFormatError(path, "vertex indices must be non-negative integers")
-    return Landmarks(None, values[:, 1:].astype(np.float32), indices.astype(np.int64))
+    return Landmarks(None, _finite_float32(values[:, 1:], path, "coordinates"), indices.astype(np.int64))
 
 
 def _read_tbnd(text: str, path: str) -> tuple:
     """Return ``(head pose (3,), points (83, 3))``: the last 3 numbers of the first line and of each point line."""
-    lines = [re.split(r"[\s,]+", line) for line in _nonblank(text.splitlines())]
+    lines = [re.findall(r"[^\s,]+", line) for line in _nonblank(text.splitlines())]
     if len(lines) != TBND_POINTS + 1:
         raise ScanFormatError(path, f"expected a head-pose line and {TBND_POINTS} point lines, found {len(lines)} lines")
-    short = next((i for i, fields in enumerate(lines) if len(fields) < 3), None)
-    if short is not None:
-        raise ScanFormatError(path, f"line {short + 1} has fewer than 3 numbers")
-    values = np.array([fields[-3:] for fields in lines], dtype=np.float64)
-    if not np.isfinite(values).all():
-        raise ScanFormatError(path, "numbers contain NaN or infinity")
-    return values[0].astype(np.float32), values[1:].astype(np.float32)
+    values = _rows([" ".join(fields[-3:]) for fields in lines], 3, path, "numbers")
+    values = _finite_float32(values, path, "numbers")
+    return values[0], values[1:]
 
 
 _LANDMARK_READERS = {

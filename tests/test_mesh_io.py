@@ -528,9 +528,10 @@ def test_bnd_index_beyond_the_vertex_count_is_refused(tmp_path):
         ("a.bnd", "1 2 3\n", "has 3 fields"),
         ("a.bnd", "-1 2 3 4\n", "non-negative integers"),
         ("a.bnd", "1.5 2 3 4\n", "non-negative integers"),
-        ("a.bnd", "1 2 x 4\n", "cannot be parsed"),
+        ("a.bnd", "1 2 x 4\n", "not a number"),
         ("a.tbnd", "0 0 0\n1 2 3\n", "expected a head-pose line and 83"),
-        ("a.tbnd", "0 0\n" + "1 2 3\n" * 83, "fewer than 3 numbers"),
+        ("a.tbnd", "0 0\n" + "1 2 3\n" * 83, "numbers line 1 has 2 fields"),
+        ("a.tbnd", "0 0 0\n" + "1, 2, 3e39\n" * 83, "beyond the float32 range"),
     ],
 )
 def test_bad_landmark_files(tmp_path, name, text, problem):
@@ -603,8 +604,8 @@ WRL_HEAD = "#VRML V2.0 utf8\nShape { geometry IndexedFaceSet {\n"
 @pytest.mark.parametrize(
     "body,problem",
     [
-        ("coordIndex [ 0 1 2 -1 ] } }", "no 'coord Coordinate"),
-        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } } }", "no coordIndex"),
+        ("coordIndex [ 0 1 2 -1 ] } }", "no readable 'coord Coordinate { point [...] }'"),
+        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } } }", "no readable 'coordIndex [...]'"),
         ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } coordIndex [ 0 1 3 -1 ] } }", "vertex index out of range"),
         ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } coordIndex [ 0 1 -2 -1 ] } }", "negative index"),
         ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 ] } coordIndex [ 0 1 2 -1 ] } }", "not a multiple of 3"),
@@ -617,8 +618,14 @@ WRL_HEAD = "#VRML V2.0 utf8\nShape { geometry IndexedFaceSet {\n"
         ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } coordIndex [ 0 1 -1 2 -1 ] } }", "no faces"),
         ("coord Coordinate { point [ ] } coordIndex [ ] } }", "no vertices"),
         ("coord Coordinate { point [ 0 0 0, nan 0 0, 0 1 0 ] } coordIndex [ 0 1 2 -1 ] } }", "NaN"),
-        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } coordIndex [ 0 1 2.5 -1 ] } }", "cannot be parsed"),
-        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ", "no 'coord Coordinate"),
+        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } coordIndex [ 0 1 2.5 -1 ] } }", "coordIndex: a token is not a number"),
+        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 x ] } coordIndex [ 0 1 2 -1 ] } }", "coordinates: a token is not a number"),
+        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 1e39 ] } coordIndex [ 0 1 2 -1 ] } }", "beyond the float32"),
+        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ", "no readable 'coord Coordinate"),
+        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } coordIndex [ 0 1 2 -1 ] "
+         "texCoord TextureCoordinate { point [ 0 0, 1 0", "no readable 'texCoord TextureCoordinate"),
+        ("coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } coordIndex [ 0 1 2 -1 ] "
+         "texCoord TextureCoordinate { point [ 0 0, 1 0, 0 1 ] } texCoordIndex [ 0 1", "no readable 'texCoordIndex"),
     ],
 )
 def test_bad_wrl_files(tmp_path, body, problem):
