@@ -105,7 +105,6 @@ def run(quick: bool) -> dict:
     results["torch_batched_scans_per_s"] = batch_size / seconds["torch_batched"]
     results["torch_batch_size"] = batch_size
     if "pyrender" in seconds:
-        pyrender_renderer.close()
         results["pyrender_scans_per_s"] = 1.0 / seconds["pyrender"]
         results["torch_over_pyrender"] = seconds["pyrender"] / seconds["torch"]
         results["torch_1thread_over_pyrender"] = seconds["pyrender"] / seconds["torch_1thread"]

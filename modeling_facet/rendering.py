@@ -49,6 +49,7 @@ CHANNEL_WIDTHS = {"shaded": 1, "depth": 1, "normals": 3, "texture": 3}
 BACKENDS = ("torch", "pyrender")
 DEFAULT_VIEWS = ((0.0, 0.0), (20.0, 0.0), (-20.0, 0.0))
 DEFAULT_FACE_SIZE = 0.65
+_DEFAULT_IMAGE_SIZE = 224
 DEPTH_NEAR = 0.25
 DEPTH_FAR = -1.25
 AMBIENT = 0.15
@@ -405,7 +406,7 @@ class MultiviewRenderer:
     def __init__(
         self,
         views=DEFAULT_VIEWS,
-        image_size: int = 224,
+        image_size: int = _DEFAULT_IMAGE_SIZE,
         channels=("shaded", "depth", "normals"),
         backend: str = "torch",
         device=None,
@@ -434,7 +435,6 @@ class MultiviewRenderer:
         self.num_channels = channel_count(self.channels)
         self._rotations = _view_rotations(self.views)
         self._pivot = np.array([0.0, 0.0, -self.face_size])
-        self._opengl = None
 
     def render(self, scan) -> np.ndarray:
         """Renders one FaceScan, trimesh.Trimesh or (vertices, faces) pair as (V, C, H, W) float32."""
@@ -452,12 +452,6 @@ class MultiviewRenderer:
         num_images = len(meshes) * len(self.views)
         images = _compose_channels(self.channels, *fragments, num_images=num_images, size=self.image_size)
         return images.reshape(len(meshes), len(self.views), *images.shape[1:]).contiguous().cpu().numpy()
-
-    def close(self):
-        """Releases the OpenGL context of the pyrender backend (a later render creates a new one)."""
-        if self._opengl is not None:
-            self._opengl.renderer.delete()
-            self._opengl = None
 
     def _torch_fragments(self, meshes):
         device, num_views = self.device, len(self.views)
@@ -493,8 +487,7 @@ class MultiviewRenderer:
         return pixel, depth_z, normals, rgb, has_rgb
 
     def _pyrender_fragments(self, meshes):
-        if self._opengl is None:
-            self._opengl = _OpenGLViews(self.image_size)
+        opengl = _shared_opengl_views()
         pixels, depths, normals, colours, has_colours = [], [], [], [], []
         poses = np.tile(np.eye(4), (len(self.views), 1, 1))
         poses[:, :3, :3] = self._rotations
@@ -502,7 +495,7 @@ class MultiviewRenderer:
         pixels_per_image = self.image_size * self.image_size
         for index, mesh in enumerate(meshes):
             vertex_normals = _vertex_normals(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces)).numpy()
-            for view, (normal_rgba, depth, texture_rgba) in enumerate(self._opengl.render(mesh, vertex_normals, poses)):
+            for view, (normal_rgba, depth, texture_rgba) in enumerate(opengl.render(mesh, vertex_normals, poses, self.image_size)):
                 coverage = normal_rgba[..., 3].astype(np.float32)
                 mask = (coverage >= 128) & (depth > 0)
                 pixels.append((index * len(self.views) + view) * pixels_per_image + np.flatnonzero(mask))
@@ -546,15 +539,30 @@ def _orthographic_distance(depth: np.ndarray) -> np.ndarray:
     return _CAMERA_ZNEAR + _CAMERA_ZFAR - _CAMERA_ZNEAR * _CAMERA_ZFAR / depth
 
 
-class _OpenGLViews:
-    """One pyrender scene, orthographic camera and OffscreenRenderer, created once and reused for every scan."""
+_SHARED_OPENGL_VIEWS = None
 
-    def __init__(self, size: int):
+
+def _shared_opengl_views() -> "_OpenGLViews":
+    """The process's one pyrender renderer, created on first use and kept until exit.
+
+    Deleting a pyrender OffscreenRenderer terminates the EGL display, which breaks every other renderer of the
+    process, so all MultiviewRenderers share this one (like any OpenGL context, from one thread at a time).
+    """
+    global _SHARED_OPENGL_VIEWS
+    if _SHARED_OPENGL_VIEWS is None:
+        _SHARED_OPENGL_VIEWS = _OpenGLViews()
+    return _SHARED_OPENGL_VIEWS
+
+
+class _OpenGLViews:
+    """A pyrender scene, orthographic camera and OffscreenRenderer, created once and reused for every scan."""
+
+    def __init__(self):
         os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
         try:
             import pyrender
 
-            self.renderer = pyrender.OffscreenRenderer(size, size)
+            self.renderer = pyrender.OffscreenRenderer(_DEFAULT_IMAGE_SIZE, _DEFAULT_IMAGE_SIZE)
         except Exception as error:
             raise RuntimeError(
                 f"OpenGL (EGL) could not be initialised for backend='pyrender' ({type(error).__name__}: {error}). "
@@ -570,9 +578,10 @@ class _OpenGLViews:
         flags = pyrender.RenderFlags
         self.flags = flags.FLAT | flags.RGBA | flags.SKIP_CULL_FACES
 
-    def render(self, mesh: _PreparedMesh, vertex_normals: np.ndarray, poses: np.ndarray):
-        """Per view: (normal colours RGBA uint8, pyrender depth, texture RGBA uint8 or None), all (H, W, ...)."""
+    def render(self, mesh: _PreparedMesh, vertex_normals: np.ndarray, poses: np.ndarray, size: int):
+        """Per view: (normal colours RGBA uint8, pyrender depth, texture RGBA uint8 or None), all (size, size, ...)."""
         pyrender = self.pyrender
+        self.renderer.viewport_width = self.renderer.viewport_height = size
         material = pyrender.MetallicRoughnessMaterial(baseColorFactor=np.ones(4), doubleSided=True)
         colours = np.concatenate([(vertex_normals + 1.0) / 2.0, np.ones((len(vertex_normals), 1))], axis=1)
         primitive = pyrender.Primitive(

@@ -1,6 +1,7 @@
 """Tests of the canonical normalisation and the multiview renderer (torch and pyrender backends)."""
 
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -104,6 +105,29 @@ def test_plane_has_constant_depth_normals_and_shading():
     np.testing.assert_allclose(images[SHADED][mask], AMBIENT + (1 - AMBIENT) * LIGHT_DIRECTION[2], atol=1e-5)
     np.testing.assert_allclose(images[2:, mask].T, np.broadcast_to([0.5, 0.5, 1.0], (mask.sum(), 3)), atol=1e-5)
     assert not images[:, ~mask].any()
+
+
+@pytest.mark.parametrize("views", [((0, 0),), ((0, 0), (30, 20))])
+def test_large_triangles_fill_their_footprint(monkeypatch, views):
+    size = 48
+    quad = FaceScan(
+        vertices=np.array([[-30, -20, 0], [30, -20, 0], [30, 20, 0], [-30, 20, 0]], np.float32),
+        faces=np.array([[0, 1, 2], [0, 2, 3]]),
+        landmarks=np.zeros((1, 3), np.float32),
+        landmark_names=["nose tip"],
+    )
+    renderer = MultiviewRenderer(views=views, image_size=size)
+    images = renderer.render(quad)
+    vertices, _ = normalize_scan(quad)
+    x, y = pixel_centres(size)
+    low, high = vertices.min(0), vertices.max(0)
+    inside = (x > low[0] + 1e-3) & (x < high[0] - 1e-3) & (y > low[1] + 1e-3) & (y < high[1] - 1e-3)
+    outside = (x < low[0] - 1e-3) | (x > high[0] + 1e-3) | (y < low[1] - 1e-3) | (y > high[1] + 1e-3)
+    assert inside.sum() > size * size / 8
+    np.testing.assert_allclose(images[0, DEPTH][inside], depth_value(0.0), atol=1e-5)
+    assert not images[0][:, outside].any()
+    monkeypatch.setattr("modeling_facet.rendering._MAX_SAMPLES_PER_CHUNK", 100)  # many chunks per window group
+    np.testing.assert_array_equal(renderer.render(quad), images)
 
 
 def test_sphere_depth_profile_and_outward_normals():
@@ -281,7 +305,9 @@ def test_backends_agree(face):
     opengl = MultiviewRenderer(backend="pyrender", **settings)
     opengl_images = opengl.render(face)
     np.testing.assert_array_equal(opengl.render(face), opengl_images)  # the renderer is reused across calls
-    opengl.close()
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(opengl)).render(face), opengl_images)
+    MultiviewRenderer(image_size=32, backend="pyrender").render(face)  # renderers of other sizes share the context
+    np.testing.assert_array_equal(opengl.render(face), opengl_images)
     for view in range(4):
         for channel in (SHADED, DEPTH):
             assert np.abs(torch_images[view, channel] - opengl_images[view, channel]).mean() < 0.02
@@ -307,6 +333,7 @@ def test_pyrender_backend_explains_missing_egl(monkeypatch):
         raise OSError("eglGetDisplay failed")
 
     monkeypatch.setattr(pyrender, "OffscreenRenderer", no_display)
+    monkeypatch.setattr("modeling_facet.rendering._SHARED_OPENGL_VIEWS", None)
     with pytest.raises(RuntimeError, match="libegl1 libegl-mesa0 libgl1-mesa-dri.*backend='torch'"):
         MultiviewRenderer(image_size=16, backend="pyrender").render(plane_scan())
 
