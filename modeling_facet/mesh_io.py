@@ -8,6 +8,7 @@ format is pinned down (``.bnt``, BU-3DFE ``_F3D.wrl``) and are used for fixtures
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import re
 import struct
@@ -154,7 +155,7 @@ def _parsed(parse, text, path: str, what: str) -> np.ndarray:
 
 
 def _check_scan(scan: FaceScan, path: str, max_points: int) -> FaceScan:
-    """Validate shapes, finiteness and index ranges of a freshly read scan."""
+    """Validate shapes, the vertex budget and index ranges of a freshly read scan."""
     vertices, faces = scan.vertices, scan.faces
     if vertices.ndim != 2 or vertices.shape[1] != 3 or len(vertices) == 0:
         raise ScanFormatError(path, "empty mesh: no vertices")
@@ -459,12 +460,17 @@ _LM_COUNT = re.compile(r"(\d+)\s+landmarks:?", re.IGNORECASE)
 
 
 def _rows(lines: list, width: int, path: str, what: str) -> np.ndarray:
-    """Parse lines of exactly ``width`` whitespace-separated numbers into a finite (K, width) float64 array."""
+    """Parse lines of exactly ``width`` whitespace-separated numbers into a (K, width) float64 array."""
     rows = [line.split() for line in lines]
     bad = next((i for i, row in enumerate(rows) if len(row) != width), None)
     if bad is not None:
         raise ScanFormatError(path, f"{what} line {bad + 1} has {len(rows[bad])} fields, expected {width}")
     return _parsed(lambda table: np.array(table, dtype=np.float64), rows, path, what).reshape(len(rows), width)
+
+
+def _coordinate_rows(lines: list, width: int, path: str, what: str = "coordinates") -> np.ndarray:
+    """:func:`_rows` as finite float32 coordinates."""
+    return _finite_float32(_rows(lines, width, path, what), path, what)
 
 
 def _nonblank(lines: list) -> list:
@@ -496,15 +502,14 @@ def _read_lm3(text: str, path: str) -> Landmarks:
     n, body = _bosphorus_landmark_body(text, path)
     if len(body) != 2 * n:
         raise ScanFormatError(path, f"announces {n} landmarks but has {len(body)} label/coordinate lines, expected {2 * n}")
-    return Landmarks(body[0::2], _finite_float32(_rows(body[1::2], 3, path, "coordinates"), path, "coordinates"), None)
+    return Landmarks(body[0::2], _coordinate_rows(body[1::2], 3, path), None)
 
 
 def _read_lm2(text: str, path: str) -> Landmarks:
     n, body = _bosphorus_landmark_body(text, path)
     if len(body) != 2 * n + 2 or body[0].lower() != "labels:" or not body[n + 1].lower().startswith("2d image coordinates"):
         raise ScanFormatError(path, f"expected 'Labels:', {n} labels, '2D Image coordinates:' and {n} coordinate lines")
-    coordinates = _finite_float32(_rows(body[n + 2 :], 2, path, "coordinates"), path, "coordinates")
-    return Landmarks(body[1 : n + 1], coordinates, None)
+    return Landmarks(body[1 : n + 1], _coordinate_rows(body[n + 2 :], 2, path), None)
 
 
 def _read_bnd(text: str, path: str) -> Landmarks:
@@ -523,8 +528,7 @@ def _read_tbnd(text: str, path: str) -> tuple:
     lines = [re.findall(r"[^\s,]+", line) for line in _nonblank(text.splitlines())]
     if len(lines) != TBND_POINTS + 1:
         raise ScanFormatError(path, f"expected a head-pose line and {TBND_POINTS} point lines, found {len(lines)} lines")
-    values = _rows([" ".join(fields[-3:]) for fields in lines], 3, path, "numbers")
-    values = _finite_float32(values, path, "numbers")
+    values = _coordinate_rows([" ".join(fields[-3:]) for fields in lines], 3, path, "numbers")
     return values[0], values[1:]
 
 
@@ -572,7 +576,7 @@ def attach_landmarks(scan: FaceScan, path: Optional[PathLike] = None) -> FaceSca
     if path is None:
         path = find_landmark_file(scan.source_path) if scan.source_path else None
         if path is None:
-            raise ScanFormatError(scan.source_path, "no landmark file with the same stem (.bnd, .lm3, .tbnd)")
+            raise ScanFormatError(scan.source_path or "<scan>", "no landmark file with the same stem (.bnd, .lm3, .tbnd)")
     names, points, vertex_indices = load_landmarks(path)
     if points.shape[1] != 3:
         raise ScanFormatError(path, "2D landmarks cannot be attached to a 3D scan")
@@ -591,7 +595,7 @@ def attach_landmarks(scan: FaceScan, path: Optional[PathLike] = None) -> FaceSca
 
 def _natural_key(name: str) -> list:
     """Sort key comparing digit runs as integers (``2.wrl`` before ``10.wrl``)."""
-    return [int(token) if token.isdigit() else token for token in re.split(r"(\d+)", name)]
+    return [int(token) if i % 2 else token for i, token in enumerate(re.split(r"(\d+)", name))]
 
 
 def load_sequence(folder: PathLike, pattern: Optional[str] = None, max_points: int = DEFAULT_MAX_POINTS) -> FaceSequence:
@@ -637,11 +641,15 @@ _BU3DFE_VIEWPOINTS = (
 
 def _as_polygons(faces) -> tuple:
     """``(sizes, flat indices)`` of faces given as an (M, k) array or a list of polygons of mixed arity."""
-    if isinstance(faces, np.ndarray) and faces.ndim == 2:
-        return np.full(len(faces), faces.shape[1]), faces.astype(np.int64).ravel()
-    polygons = [np.asarray(polygon, dtype=np.int64).ravel() for polygon in faces]
-    sizes = np.array([len(polygon) for polygon in polygons], dtype=np.int64)
-    return sizes, np.concatenate(polygons) if polygons else np.zeros(0, np.int64)
+    if not isinstance(faces, np.ndarray):
+        try:
+            faces = np.asarray(faces, dtype=np.int64)
+        except ValueError:  # ragged: polygons of mixed arity
+            sizes = np.fromiter(map(len, faces), dtype=np.int64, count=len(faces))
+            return sizes, np.fromiter(itertools.chain.from_iterable(faces), dtype=np.int64, count=int(sizes.sum()))
+    if faces.ndim != 2 or faces.size == 0:
+        raise ValueError(f"faces must be a non-empty (M, k) array or list of polygons, got shape {faces.shape}")
+    return np.full(len(faces), faces.shape[1]), faces.astype(np.int64).ravel()
 
 
 def _list_lines(line_formats: list, values: np.ndarray, trailing_comma: bool) -> str:

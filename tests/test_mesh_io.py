@@ -273,6 +273,8 @@ def test_write_wrl_takes_an_array_of_triangles(tmp_path):
     np.testing.assert_array_equal(scan.faces, faces)
     np.testing.assert_allclose(scan.vertices, vertices, rtol=1e-5, atol=1e-5)  # %g keeps 6 significant digits
     assert scan.uv is None and scan.texture_path is None
+    with pytest.raises(ValueError, match="faces must be"):
+        write_wrl(tmp_path / "b.wrl", vertices, [])
 
 
 HAND_WRITTEN_BU4DFE = """#VRML V2.0 utf8
@@ -577,7 +579,6 @@ def test_bad_bnt_files(tmp_path):
         path = tmp_path / f"{stem}.bnt"
         path.write_bytes(data)
         raises_scan_error(path, problem, load_scan, path)
-    raises_scan_error(tmp_path / "truncated.bnt", "", load_scan, tmp_path / "truncated.bnt")
     path = tmp_path / "limit.bnt"
     path.write_bytes(good)
     raises_scan_error(path, "announces 4x3 = 12 points, more than max_points=11", load_scan, path, max_points=11)
@@ -645,7 +646,7 @@ def test_other_bad_scans(tmp_path):
     path = write_text(tmp_path / "big.wrl", WRL_HEAD + "coord Coordinate { point [ 0 0 0, 1 0 0, 0 1 0 ] } coordIndex [ 0 1 2 ] } }")
     raises_scan_error(path, "3 vertices is more than max_points=2", load_scan, path, max_points=2)
     path = write_text(tmp_path / "bad.obj", "v 0 0 0\nv 1 0 0\nf 1 2 3\n")
-    raises_scan_error(path, "", load_scan, path)
+    raises_scan_error(path, "cannot be parsed (IndexError", load_scan, path)  # trimesh fails on the face
     path = write_text(tmp_path / "nan.obj", "v 0 0 0\nv 1 nan 0\nv 0 1 0\nf 1 2 3\n")
     raises_scan_error(path, "NaN", load_scan, path)
     path = write_text(tmp_path / "points.ply", "ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\n"
