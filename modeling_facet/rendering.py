@@ -288,21 +288,26 @@ def _interpolate(attributes: torch.Tensor, corners: torch.Tensor, weights: torch
     return weights[:, 0, None] * values[:, 0] + weights[:, 1, None] * values[:, 1] + weights[:, 2, None] * values[:, 2]
 
 
-def _edge_planes(tri_x: torch.Tensor, tri_y: torch.Tensor, origin_x: torch.Tensor, origin_y: torch.Tensor):
-    """Barycentric weights of triangles as planes over their pixel windows: w_i = base_i + dx_i x' + dy_i y'.
+def _triangle_planes(tri_x, tri_y, tri_z, origin_x, origin_y) -> torch.Tensor:
+    """(T, 4, 3) planes over each triangle's pixel window: value = base + dx * x' + dy * y' for the quantised depth
+    (row 0) and the three barycentric weights (rows 1-3; inside the triangle all are >= 0).
 
-    x' = x - origin_x and y' = y - origin_y are offsets from each triangle's window corner, which keeps the float32
-    evaluation accurate to about 1e-6 anywhere in a large image. Returns (T, 3, 3) rows (base_i, dx_i, dy_i) and the
-    doubled signed areas (T,).
+    x' = x - origin_x and y' = y - origin_y count pixels from the window's corner, which keeps the float32 evaluation
+    accurate to about 1e-6 anywhere in a large image. Triangles must not be degenerate.
     """
     x = tri_x - origin_x[:, None].to(tri_x.dtype)
     y = tri_y - origin_y[:, None].to(tri_y.dtype)
     x_next, y_next = x.roll(-1, dims=1), y.roll(-1, dims=1)
     x_prev, y_prev = x.roll(1, dims=1), y.roll(1, dims=1)
-    area = (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
-    safe_area = torch.where(area.abs() > 1e-12, area, torch.ones_like(area))[:, None, None]
-    planes = torch.stack([x_next * y_prev - x_prev * y_next, y_next - y_prev, x_prev - x_next], dim=2)
-    return planes / safe_area, area
+    area = ((x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0]))[:, None]
+    planes = torch.empty(len(x), 4, 3, dtype=x.dtype, device=x.device)
+    planes[:, 1:, 0] = (x_next * y_prev - x_prev * y_next) / area
+    planes[:, 1:, 1] = (y_next - y_prev) / area
+    planes[:, 1:, 2] = (x_prev - x_next) / area
+    weight_planes = planes[:, 1:]
+    planes[:, 0] = tri_z[:, 0, None] * weight_planes[:, 0] + tri_z[:, 1, None] * weight_planes[:, 1]
+    planes[:, 0] += tri_z[:, 2, None] * weight_planes[:, 2]
+    return planes
 
 
 def _draw_windows(keys, planes, pixel_base, first_triangle: int, side: int, size: int):
@@ -350,27 +355,29 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, face_image: torch.Ten
     y_low = tri_y.amin(1).ceil().clamp(min=0).long()
     width = tri_x.amax(1).floor().clamp(max=size - 1).long() - x_low + 1
     height = tri_y.amax(1).floor().clamp(max=size - 1).long() - y_low + 1
+    area = (tri_x[:, 1] - tri_x[:, 0]) * (tri_y[:, 2] - tri_y[:, 0]) - (tri_x[:, 2] - tri_x[:, 0]) * (tri_y[:, 1] - tri_y[:, 0])
     sides = [side for side in _WINDOW_SIDES if side < size] + [size]
     group = torch.bucketize(torch.maximum(width, height), torch.tensor(sides, device=device))
+    # Triangles that cover no pixel centre (common in dense scans) or have no area are dropped before any more work;
+    # the others are sorted by window size.
+    group = torch.where((width > 0) & (height > 0) & (area.abs() > 1e-12), group, len(sides))
+    counts = torch.bincount(group, minlength=len(sides) + 1).tolist()
+    order = torch.argsort(group, stable=True)[: len(group) - counts[-1]]
+    tri_x, tri_y, x_low, y_low = (_take(values, order) for values in (tri_x, tri_y, x_low, y_low))
     # Windows never cross the image's right or bottom edge: near it they start further left / up.
-    side = torch.tensor(sides + [1], device=device)[group]
+    side = _take(torch.tensor(sides, device=device), _take(group, order))
     origin_x = torch.minimum(x_low, size - side)
     origin_y = torch.minimum(y_low, size - side)
-    planes, area = _edge_planes(tri_x, tri_y, origin_x, origin_y)
-    group = torch.where((width > 0) & (height > 0) & (area.abs() > 1e-12), group, len(sides))
-
     # Keys pack the depth, quantised to 31 bits (with headroom for the barycentric tolerance), above the triangle
     # index, so that one scatter-max keeps the nearest triangle per pixel and remembers which one it was.
     z = vertices[:, 2]
     depth_scale = 2.0**29 / (z.max() - z.min()).clamp(min=1e-12)
-    z_corners = (_take(z, faces) - z.min()) * depth_scale + 2.0**29
-    planes = torch.cat([torch.bmm(z_corners[:, None, :], planes), planes], dim=1)
-    order = torch.argsort(group, stable=True)
-    planes, group = _take(planes, order), _take(group, order)
-    pixel_base = _take((face_image * size + origin_y) * size + origin_x, order)
+    tri_z = (_take(z, _take(faces, order)) - z.min()) * depth_scale + 2.0**29
+    planes = _triangle_planes(tri_x, tri_y, tri_z, origin_x, origin_y)
+    pixel_base = (_take(face_image, order) * size + origin_y) * size + origin_x
     keys = torch.full((num_images * size * size,), -1, dtype=torch.int64, device=device)
 
-    bounds = np.cumsum([0] + torch.bincount(group, minlength=len(sides) + 1).tolist())
+    bounds = np.cumsum([0] + counts[:-1])
     for side, start, stop in zip(sides, bounds[:-1], bounds[1:]):
         if stop > start:
             _draw_windows(keys, planes[start:stop], pixel_base[start:stop], int(start), side, size)
