@@ -1,9 +1,11 @@
 """End-to-end throughput of FacetMeshImageProcessor: a BU-3DFE-size .wrl file path -> normalised pixel_values.
 
-Usage: python -m benchmarks.bench_processor --output FILE.json [--quick]
+Usage: python -m benchmarks.bench_processor --output FILE.json [--quick] [--threads N]
 
 Measured for 3 views at 224 px and at the "small" preset's size, one scan per call and a batch of 8, with and
-without mixed view augmentation, plus the share of the time spent parsing, rendering and augmenting.
+without mixed view augmentation, plus the share of the time spent parsing, rendering and augmenting. Torch runs
+with one thread by default, as in a DataLoader worker (which is where the processor runs during training); this
+also keeps the timings stable on a shared machine, where oversubscribed intra-op threads slow down many-fold.
 """
 
 from __future__ import annotations
@@ -52,8 +54,9 @@ def _measure(processor: FacetMeshImageProcessor, path: str, repeats: int) -> dic
     }
 
 
-def run(quick: bool = False) -> dict:
-    """Median timings of the image processor on one .wrl scan, as a JSON-ready dict."""
+def run(quick: bool = False, threads: int = 1) -> dict:
+    """Median timings of the image processor on one .wrl scan with `threads` torch threads, as a JSON-ready dict."""
+    torch.set_num_threads(threads)
     repeats = 3 if quick else 15
     small = FacetVLMConfig.from_preset("small")
     processors = {
@@ -69,6 +72,7 @@ def run(quick: bool = False) -> dict:
             "cpu": cpu_model(),
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
+            "load_average_1min_at_start": round(os.getloadavg()[0], 2),  # other work on the machine skews timings
             "python": platform.python_version(),
             "torch": torch.__version__,
             "quick": quick,
@@ -85,8 +89,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="JSON file to write")
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in a DataLoader worker)")
     args = parser.parse_args()
-    text = json.dumps(run(quick=args.quick), indent=2)
+    text = json.dumps(run(quick=args.quick, threads=args.threads), indent=2)
     with open(args.output, "w") as handle:
         handle.write(text + "\n")
     print(text)

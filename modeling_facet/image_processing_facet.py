@@ -14,7 +14,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .mesh_io import FaceScan, FaceSequence, load_scan, load_sequence
-from .rendering import BACKENDS, CHANNEL_WIDTHS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, MultiviewRenderer
+from .rendering import CHANNEL_WIDTHS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, MultiviewRenderer
 
 
 FRAME_SAMPLING_MODES = ("uniform", "window")
@@ -95,20 +95,17 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         self.max_translation = float(max_translation)
         self.flip_probability = float(flip_probability)
         self._check()
-        # Building the renderer validates views, image_size, channels and face_size.
+        # Building the renderer validates views, image_size, channels, backend and face_size.
         self._renderer = (self._render_settings(), self._build_renderer())
 
     def _check(self):
         if self.frame_sampling not in FRAME_SAMPLING_MODES:
             raise ValueError(f"frame_sampling={self.frame_sampling!r}; expected one of {FRAME_SAMPLING_MODES}.")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend={self.backend!r}; expected one of {BACKENDS}.")
         if self.num_frames < 1 or self.window_stride < 1:
             raise ValueError(f"num_frames={self.num_frames} and window_stride={self.window_stride} must be >= 1.")
         if not self.image_std > 0:
             raise ValueError(f"image_std={self.image_std} must be positive.")
-        low, high = self.scale_range if len(self.scale_range) == 2 else (0.0, -1.0)
-        if not 0 < low <= high:
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise ValueError(f"scale_range={self.scale_range} must be (low, high) with 0 < low <= high.")
         if self.max_rotation < 0 or self.max_translation < 0 or not 0 <= self.flip_probability <= 1:
             raise ValueError(

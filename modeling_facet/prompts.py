@@ -104,7 +104,7 @@ ETHNICITY_WORDS = {
 AGE_BANDS = ((30, "young"), (55, "middle-aged"), (float("inf"), "older"))
 
 _ARTICLE = re.compile(r"\b([Aa]n?) (?=(\w[\w-]*))")
-_CONSONANT_SOUND_PREFIXES = ("eu", "uni", "use", "one", "uk", "ubiq")
+_CONSONANT_SOUND_PREFIXES = ("eu", "uni", "use", "one")
 
 
 def canonical_label(label: str) -> str | None:

@@ -141,6 +141,19 @@ def test_frame_sampling():
         image_processor(frame_sampling="random")
     with pytest.raises(ValueError, match="channel"):
         image_processor(channels=["colour"])
+    with pytest.raises(ValueError, match="backend"):
+        image_processor(backend="opengl")
+    with pytest.raises(ValueError, match="scale_range"):
+        image_processor(scale_range=(1.2, 1.1))
+
+
+def test_pyrender_backend_matches_torch():
+    try:
+        rendered = pixels(image_processor(backend="pyrender"), [face(0), face(1)])
+    except RuntimeError as error:  # no EGL on this machine
+        pytest.skip(str(error))
+    expected = pixels(image_processor(), [face(0), face(1)])
+    assert rendered.shape == expected.shape and (rendered - expected).abs().mean() < 0.02
 
 
 def test_bad_inputs_name_the_problem(processor, tmp_path):
