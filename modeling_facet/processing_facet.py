@@ -148,7 +148,9 @@ class FacetVLMProcessor(ProcessorMixin):
     @classmethod
     def from_model_config(cls, config, **image_processor_kwargs) -> "FacetVLMProcessor":
         """The processor for a [`FacetVLMConfig`]: an image processor with its views, channels and image size, and
-        the tokenizer of its text tower ([`build_tokenizer`], which writes the special token ids into `config`)."""
+        the tokenizer of its text tower ([`build_tokenizer`], which writes the special token ids into `config`, so
+        build the processor before the model). A tower warm-started from a pretrained checkpoint needs that
+        checkpoint's tokenizer instead: pass it to the constructor."""
         image_processor = FacetMeshImageProcessor.from_model_config(config, **image_processor_kwargs)
         return cls(image_processor=image_processor, tokenizer=build_tokenizer(config))
 
