@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 
 import numpy as np
@@ -41,16 +40,17 @@ def face_like_scan(rows: int = 60, cols: int = 61, seed: int = 0) -> FaceScan:
 
 
 def _median_seconds(calls: dict, repeats: int) -> dict:
-    """Median wall time of each call after a warm-up; the calls take turns, so load changes hit them alike."""
+    """Median (wall, process CPU) seconds of each call after a warm-up; the calls take turns, so load changes hit
+    them alike. Process CPU time counts every thread (torch's OpenMP threads, Mesa llvmpipe's render threads)."""
     timings = {name: [] for name in calls}
     for call in calls.values():
         call()
     for _ in range(repeats):
         for name, call in calls.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             call()
-            timings[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in timings.items()}
+            timings[name].append((time.perf_counter() - wall, time.process_time() - cpu))
+    return {name: tuple(np.median(values, axis=0)) for name, values in timings.items()}
 
 
 def _single_threaded(call):
@@ -100,15 +100,17 @@ def run(quick: bool) -> dict:
         results["pyrender_error"] = str(error)
     seconds = _median_seconds(calls, repeats)
     results["load_average_after"] = os.getloadavg()[0]
-    results["torch_scans_per_s"] = 1.0 / seconds["torch"]
-    results["torch_1thread_scans_per_s"] = 1.0 / seconds["torch_1thread"]
-    results["torch_batched_scans_per_s"] = batch_size / seconds["torch_batched"]
+    per_scan = {"torch_batched": batch_size}
+    for name, (wall, cpu) in seconds.items():
+        results[f"{name}_scans_per_s"] = per_scan.get(name, 1) / wall
+        results[f"{name}_cpu_ms_per_scan"] = 1000.0 * cpu / per_scan.get(name, 1)
     results["torch_batch_size"] = batch_size
     if "pyrender" in seconds:
-        results["pyrender_scans_per_s"] = 1.0 / seconds["pyrender"]
-        results["torch_over_pyrender"] = seconds["pyrender"] / seconds["torch"]
-        results["torch_1thread_over_pyrender"] = seconds["pyrender"] / seconds["torch_1thread"]
-        results["torch_batched_over_pyrender"] = results["torch_batched_scans_per_s"] * seconds["pyrender"]
+        for name in ("torch", "torch_1thread", "torch_batched"):
+            results[f"{name}_over_pyrender"] = results[f"{name}_scans_per_s"] / results["pyrender_scans_per_s"]
+        results["pyrender_cpu_over_torch_1thread_cpu"] = (
+            results["pyrender_cpu_ms_per_scan"] / results["torch_1thread_cpu_ms_per_scan"]
+        )
     if torch.cuda.is_available():
         cuda_renderer = MultiviewRenderer(backend="torch", device="cuda")
 
@@ -117,7 +119,7 @@ def run(quick: bool) -> dict:
             torch.cuda.synchronize()
 
         results["cuda_device"] = torch.cuda.get_device_name()
-        results["cuda_batched_scans_per_s"] = batch_size / _median_seconds({"cuda": cuda_batch}, repeats)["cuda"]
+        results["cuda_batched_scans_per_s"] = batch_size / _median_seconds({"cuda": cuda_batch}, repeats)["cuda"][0]
     return results
 
 

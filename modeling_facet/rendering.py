@@ -30,6 +30,7 @@ samples coverage with 4x multisampling, the torch rasterizer at pixel centres.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -56,7 +57,7 @@ AMBIENT = 0.15
 LIGHT_DIRECTION = tuple(float(c) for c in np.array([-0.3, 0.4, 1.0]) / np.linalg.norm([-0.3, 0.4, 1.0]))
 
 _NOSE_TIP_NAME = re.compile(r"nose[\W_]*tip|pronasale", re.IGNORECASE)
-# Square candidate windows (pixels per side) that the rasterizer groups triangles into by bounding-box size.
+# Candidate window sides (pixels) that the rasterizer rounds triangles' bounding-box widths and heights up to.
 _WINDOW_SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 _MAX_SAMPLES_PER_CHUNK = 1 << 21
 _BARYCENTRIC_TOLERANCE = 1e-5
@@ -90,7 +91,7 @@ def _as_face_scan(scan) -> FaceScan:
 
 
 def _clean(scan: FaceScan, source: str):
-    """Drops non-finite vertices, the faces that use them and unused vertices; returns (vertices, faces, kept faces)."""
+    """Drops non-finite vertices, the faces using them and unused vertices: returns (vertices, faces, kept faces)."""
     vertices = np.asarray(scan.vertices, dtype=np.float64)
     faces = np.asarray(scan.faces)
     if vertices.size == 0 or faces.size == 0:
@@ -98,9 +99,10 @@ def _clean(scan: FaceScan, source: str):
     if vertices.ndim != 2 or vertices.shape[1] != 3:
         raise ScanFormatError(source, f"vertices must have shape (N, 3), got {vertices.shape}")
     if faces.ndim != 2 or faces.shape[1] != 3 or not np.issubdtype(faces.dtype, np.integer):
-        raise ScanFormatError(source, f"faces must be integer triangles of shape (M, 3), got {faces.dtype} {faces.shape}")
+        raise ScanFormatError(source, f"faces must be integer triangles (M, 3), got {faces.dtype} {faces.shape}")
     if faces.min() < 0 or faces.max() >= len(vertices):
-        raise ScanFormatError(source, f"face indices must lie in [0, {len(vertices)}), got [{faces.min()}, {faces.max()}]")
+        found = f"[{faces.min()}, {faces.max()}]"
+        raise ScanFormatError(source, f"face indices must lie in [0, {len(vertices)}), got {found}")
     kept_faces = np.isfinite(vertices).all(axis=1)[faces].all(axis=1)
     faces = faces[kept_faces]
     used = np.zeros(len(vertices), dtype=bool)
@@ -209,7 +211,7 @@ def _load_texture(path) -> Optional[np.ndarray]:
 
 @dataclass
 class _PreparedMesh:
-    """A normalised mesh ready for a backend; ``corner_uv`` (M, 3, 2) and ``texture`` are set together or not at all."""
+    """A normalised mesh for a backend; ``corner_uv`` (M, 3, 2) and ``texture`` are set together or not at all."""
 
     vertices: np.ndarray
     faces: np.ndarray
@@ -226,7 +228,8 @@ def _prepare(scan, face_size: float, with_texture: bool) -> _PreparedMesh:
     uv = np.asarray(scan.uv, dtype=np.float32)
     corners = np.asarray(scan.faces if scan.uv_faces is None else scan.uv_faces)
     if corners.shape != np.shape(scan.faces) or uv.ndim != 2 or uv.shape[1] != 2:
-        raise ScanFormatError(source, f"uv {uv.shape} / uv_faces {corners.shape} do not match faces {np.shape(scan.faces)}")
+        problem = f"uv {uv.shape} / uv_faces {corners.shape} do not match faces {np.shape(scan.faces)}"
+        raise ScanFormatError(source, problem)
     if corners.min() < 0 or corners.max() >= len(uv):
         raise ScanFormatError(source, f"uv indices must lie in [0, {len(uv)})")
     texture = _load_texture(scan.texture_path)
@@ -261,20 +264,35 @@ def _compose_channels(channels, pixel, depth_z, normals, rgb, has_rgb, num_image
     ``pixel`` indexes the flattened (num_images, size, size) grid; ``depth_z`` is the camera-frame z, ``normals`` the
     interpolated (unnormalised) camera-frame normals, ``rgb`` the texture colour where ``has_rgb`` is set.
     """
-    unit = torch.nn.functional.normalize(normals, dim=1)
-    unit = torch.where(unit[:, 2:3] < 0, -unit, unit)
+    x, y, z = normals.unbind(1)
+    # Unit normals turned towards the camera, so that shading does not depend on the triangles' winding.
+    scale = torch.where(z < 0, -1.0, 1.0) * torch.rsqrt((x * x + y * y + z * z).clamp(min=1e-24))
+    unit = normals * scale[:, None]
     light = torch.tensor(LIGHT_DIRECTION, dtype=unit.dtype, device=unit.device)
-    shaded = (AMBIENT + (1.0 - AMBIENT) * (unit @ light).clamp(min=0.0))[:, None]
-    values = {
-        "shaded": shaded,
-        "depth": ((depth_z - DEPTH_FAR) / (DEPTH_NEAR - DEPTH_FAR)).clamp(0.0, 1.0)[:, None],
-        "normals": (unit + 1.0) / 2.0,
-        "texture": torch.where(has_rgb[:, None], rgb, shaded.expand(-1, 3)),
+    shaded = AMBIENT + (1.0 - AMBIENT) * (unit @ light).clamp(min=0.0)
+    columns = {
+        "shaded": lambda: [shaded],
+        "depth": lambda: [((depth_z - DEPTH_FAR) / (DEPTH_NEAR - DEPTH_FAR)).clamp(0.0, 1.0)],
+        "normals": lambda: ((unit + 1.0) / 2.0).unbind(1),
+        "texture": lambda: torch.where(has_rgb[:, None], rgb, shaded[:, None]).unbind(1),
     }
-    stacked = torch.cat([values[name] for name in channels], dim=1)
-    images = torch.zeros(stacked.shape[1], num_images * size * size, dtype=stacked.dtype, device=stacked.device)
-    images[:, pixel] = stacked.T
-    return images.view(-1, num_images, size, size).transpose(0, 1)
+    pixels_per_image = size * size
+    num_channels = channel_count(channels)
+    shape = (num_images, num_channels, size, size)
+    images = _zeros(shape, unit.dtype, unit.device)
+    flat = images.view(-1)
+    first_channel = pixel + (pixel // pixels_per_image) * ((num_channels - 1) * pixels_per_image)
+    values = [column for name in channels for column in columns[name]()]
+    for channel, value in enumerate(values):
+        flat.index_put_((first_channel + channel * pixels_per_image,), value)
+    return images
+
+
+def _zeros(shape, dtype, device) -> torch.Tensor:
+    """Zeros; on the CPU from numpy's calloc, so pages that are never written are never touched."""
+    if torch.device(device).type == "cpu":
+        return torch.from_numpy(np.zeros(shape, np.dtype(str(dtype).removeprefix("torch."))))
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -288,6 +306,11 @@ def _interpolate(attributes: torch.Tensor, corners: torch.Tensor, weights: torch
     return weights[:, 0, None] * values[:, 0] + weights[:, 1, None] * values[:, 1] + weights[:, 2, None] * values[:, 2]
 
 
+def _doubled_area(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Signed doubled areas (T,) of triangles with corner coordinates x, y (T, 3)."""
+    return (x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0])
+
+
 def _triangle_planes(tri_x, tri_y, tri_z, origin_x, origin_y) -> torch.Tensor:
     """(T, 4, 3) planes over each triangle's pixel window: value = base + dx * x' + dy * y' for the quantised depth
     (row 0) and the three barycentric weights (rows 1-3; inside the triangle all are >= 0).
@@ -299,7 +322,7 @@ def _triangle_planes(tri_x, tri_y, tri_z, origin_x, origin_y) -> torch.Tensor:
     y = tri_y - origin_y[:, None].to(tri_y.dtype)
     x_next, y_next = x.roll(-1, dims=1), y.roll(-1, dims=1)
     x_prev, y_prev = x.roll(1, dims=1), y.roll(1, dims=1)
-    area = ((x[:, 1] - x[:, 0]) * (y[:, 2] - y[:, 0]) - (x[:, 2] - x[:, 0]) * (y[:, 1] - y[:, 0]))[:, None]
+    area = _doubled_area(x, y)[:, None]
     planes = torch.empty(len(x), 4, 3, dtype=x.dtype, device=x.device)
     planes[:, 1:, 0] = (x_next * y_prev - x_prev * y_next) / area
     planes[:, 1:, 1] = (y_next - y_prev) / area
@@ -310,23 +333,30 @@ def _triangle_planes(tri_x, tri_y, tri_z, origin_x, origin_y) -> torch.Tensor:
     return planes
 
 
-def _draw_windows(keys, planes, pixel_base, first_triangle: int, side: int, size: int):
+@functools.lru_cache(maxsize=256)
+def _window_samples(window: tuple, size: int, dtype, device) -> tuple:
+    """For a window of (columns, rows) pixels: each sample's pixel offset in the image and its (1, x', y') (3, n)."""
+    columns, rows = window
+    offsets = torch.arange(columns * rows, device=device)
+    samples = torch.stack([torch.ones_like(offsets), offsets % columns, offsets // columns]).to(dtype)
+    return (offsets // columns) * size + offsets % columns, samples
+
+
+def _draw_windows(keys, planes, pixel_base, first_triangle: int, window: tuple, size: int):
     """Scatter-max the packed (depth, triangle) keys of every pixel centre that the triangles cover into ``keys``.
 
-    ``planes`` (n, 4, 3) hold each triangle's quantised-depth and barycentric planes over its side x side window,
-    whose top-left pixel is ``pixel_base``; triangles are numbered from ``first_triangle``.
+    ``planes`` (n, 4, 3) hold each triangle's quantised-depth and barycentric planes over its window of
+    (columns, rows) pixels, whose top-left pixel is ``pixel_base``; triangles are numbered from ``first_triangle``.
     """
-    window_size = side * side
-    offsets = torch.arange(window_size, device=keys.device)
-    offset_pixel = (offsets // side) * size + offsets % side
-    samples = torch.stack([torch.ones_like(offsets), offsets % side, offsets // side]).to(planes.dtype)
+    window_size = window[0] * window[1]
+    offset_pixel, samples = _window_samples(window, size, planes.dtype, keys.device)
     chunk = max(1, _MAX_SAMPLES_PER_CHUNK // window_size)
     for start in range(0, len(planes), chunk):
         values = planes[start : start + chunk] @ samples
         nearest_weight = torch.minimum(torch.minimum(values[:, 1], values[:, 2]), values[:, 3])
         triangle = torch.arange(start + first_triangle, start + first_triangle + len(values), device=keys.device)
         key = values[:, 0].long() * 2**32 + triangle[:, None]
-        key = torch.where(nearest_weight >= -_BARYCENTRIC_TOLERANCE, key, -1)
+        key = torch.where(nearest_weight >= -_BARYCENTRIC_TOLERANCE, key, 0)
         pixel = pixel_base[start : start + chunk, None] + offset_pixel
         keys.scatter_reduce_(0, pixel.view(-1), key.view(-1), reduce="amax")
 
@@ -334,9 +364,9 @@ def _draw_windows(keys, planes, pixel_base, first_triangle: int, side: int, size
 def rasterize(vertices: torch.Tensor, faces: torch.Tensor, face_image: torch.Tensor, num_images: int, size: int):
     """Z-buffer rasterization of many orthographic images at once, without a Python loop over triangles.
 
-    Triangles are grouped by bounding-box size; each group tests a fixed square window of candidate pixel centres
-    per triangle (large triangles in chunks), and one scatter-max over packed (depth, triangle) keys keeps the
-    nearest triangle per pixel.
+    Triangles are grouped by bounding-box shape; each group tests a fixed window of candidate pixel centres per
+    triangle (large triangles in chunks), and one scatter-max over packed (depth, triangle) keys keeps the nearest
+    triangle per pixel.
 
     Args:
         vertices: (P, 3) float camera-frame positions; x, y in [-1, 1] cover the image, larger z is nearer.
@@ -355,34 +385,37 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, face_image: torch.Ten
     y_low = tri_y.amin(1).ceil().clamp(min=0).long()
     width = tri_x.amax(1).floor().clamp(max=size - 1).long() - x_low + 1
     height = tri_y.amax(1).floor().clamp(max=size - 1).long() - y_low + 1
-    area = (tri_x[:, 1] - tri_x[:, 0]) * (tri_y[:, 2] - tri_y[:, 0]) - (tri_x[:, 2] - tri_x[:, 0]) * (tri_y[:, 1] - tri_y[:, 0])
+    area = _doubled_area(tri_x, tri_y)
     sides = [side for side in _WINDOW_SIDES if side < size] + [size]
-    group = torch.bucketize(torch.maximum(width, height), torch.tensor(sides, device=device))
+    side_tensor = torch.tensor(sides, device=device)
+    column_class, row_class = torch.bucketize(width, side_tensor), torch.bucketize(height, side_tensor)
     # Triangles that cover no pixel centre (common in dense scans) or have no area are dropped before any more work;
-    # the others are sorted by window size.
-    group = torch.where((width > 0) & (height > 0) & (area.abs() > 1e-12), group, len(sides))
-    counts = torch.bincount(group, minlength=len(sides) + 1).tolist()
+    # the others are sorted by window shape.
+    group = torch.where(
+        (width > 0) & (height > 0) & (area.abs() > 1e-12), column_class * len(sides) + row_class, len(sides) ** 2
+    )
+    counts = torch.bincount(group, minlength=len(sides) ** 2 + 1).tolist()
     order = torch.argsort(group, stable=True)[: len(group) - counts[-1]]
     tri_x, tri_y, x_low, y_low = (_take(values, order) for values in (tri_x, tri_y, x_low, y_low))
     # Windows never cross the image's right or bottom edge: near it they start further left / up.
-    side = _take(torch.tensor(sides, device=device), _take(group, order))
-    origin_x = torch.minimum(x_low, size - side)
-    origin_y = torch.minimum(y_low, size - side)
-    # Keys pack the depth, quantised to 31 bits (with headroom for the barycentric tolerance), above the triangle
-    # index, so that one scatter-max keeps the nearest triangle per pixel and remembers which one it was.
+    origin_x = torch.minimum(x_low, size - _take(side_tensor, _take(column_class, order)))
+    origin_y = torch.minimum(y_low, size - _take(side_tensor, _take(row_class, order)))
+    # Keys pack the depth, quantised to 31 bits (with headroom for the barycentric tolerance, so always positive),
+    # above the triangle index: one scatter-max keeps the nearest triangle per pixel and remembers which one it was.
     z = vertices[:, 2]
     depth_scale = 2.0**29 / (z.max() - z.min()).clamp(min=1e-12)
     tri_z = (_take(z, _take(faces, order)) - z.min()) * depth_scale + 2.0**29
     planes = _triangle_planes(tri_x, tri_y, tri_z, origin_x, origin_y)
     pixel_base = (_take(face_image, order) * size + origin_y) * size + origin_x
-    keys = torch.full((num_images * size * size,), -1, dtype=torch.int64, device=device)
+    keys = _zeros((num_images * size * size,), torch.int64, device)
 
     bounds = np.cumsum([0] + counts[:-1])
-    for side, start, stop in zip(sides, bounds[:-1], bounds[1:]):
+    for group_index, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
         if stop > start:
-            _draw_windows(keys, planes[start:stop], pixel_base[start:stop], int(start), side, size)
+            window = (sides[group_index // len(sides)], sides[group_index % len(sides)])
+            _draw_windows(keys, planes[start:stop], pixel_base[start:stop], int(start), window, size)
 
-    pixel = torch.nonzero(keys >= 0).squeeze(1)
+    pixel = torch.nonzero(keys).squeeze(1)
     triangle = _take(keys, pixel) & (2**32 - 1)
     offset = pixel - _take(pixel_base, triangle)
     weight_planes = _take(planes, triangle)[:, 1:]
@@ -390,8 +423,8 @@ def rasterize(vertices: torch.Tensor, faces: torch.Tensor, face_image: torch.Ten
         weight_planes[:, :, 0]
         + weight_planes[:, :, 1] * (offset % size).to(dtype)[:, None]
         + weight_planes[:, :, 2] * (offset // size).to(dtype)[:, None]
-    ).clamp(min=0.0)
-    return pixel, _take(order, triangle), weights / weights.sum(-1, keepdim=True)
+    )
+    return pixel, _take(order, triangle), weights
 
 
 class MultiviewRenderer:
@@ -435,7 +468,7 @@ class MultiviewRenderer:
             raise ValueError(f"face_size must be positive, got {face_size}")
         self.device = torch.device(device if device is not None else "cpu")
         if backend == "pyrender" and self.device.type != "cpu":
-            raise ValueError(f"the pyrender backend renders through OpenGL; device={device} applies to backend='torch'")
+            raise ValueError(f"device={device} applies to backend='torch'; the pyrender backend renders with OpenGL")
         self.image_size = int(image_size)
         self.backend = backend
         self.face_size = float(face_size)
@@ -458,7 +491,7 @@ class MultiviewRenderer:
             fragments = self._pyrender_fragments(meshes)
         num_images = len(meshes) * len(self.views)
         images = _compose_channels(self.channels, *fragments, num_images=num_images, size=self.image_size)
-        return images.reshape(len(meshes), len(self.views), *images.shape[1:]).contiguous().cpu().numpy()
+        return images.reshape(len(meshes), len(self.views), *images.shape[1:]).cpu().numpy()
 
     def _torch_fragments(self, meshes):
         device, num_views = self.device, len(self.views)
@@ -475,7 +508,8 @@ class MultiviewRenderer:
         view_range = torch.arange(num_views, device=device)
         view_faces = (faces[None] + view_range[:, None, None] * len(vertices)).reshape(-1, 3)
         face_image = (face_scan[None] * num_views + view_range[:, None]).reshape(-1)
-        pixel, face, weights = rasterize(view_vertices, view_faces, face_image, len(meshes) * num_views, self.image_size)
+        num_images = len(meshes) * num_views
+        pixel, face, weights = rasterize(view_vertices, view_faces, face_image, num_images, self.image_size)
         attributes = torch.cat([view_vertices[:, 2:], view_normals], dim=1)
         interpolated = _interpolate(attributes, _take(view_faces, face), weights)
         depth_z, normals = interpolated[:, 0], interpolated[:, 1:]
@@ -502,7 +536,8 @@ class MultiviewRenderer:
         pixels_per_image = self.image_size * self.image_size
         for index, mesh in enumerate(meshes):
             vertex_normals = _vertex_normals(torch.from_numpy(mesh.vertices), torch.from_numpy(mesh.faces)).numpy()
-            for view, (normal_rgba, depth, texture_rgba) in enumerate(opengl.render(mesh, vertex_normals, poses, self.image_size)):
+            views = opengl.render(mesh, vertex_normals, poses, self.image_size)
+            for view, (normal_rgba, depth, texture_rgba) in enumerate(views):
                 coverage = normal_rgba[..., 3].astype(np.float32)
                 mask = (coverage >= 128) & (depth > 0)
                 pixels.append((index * len(self.views) + view) * pixels_per_image + np.flatnonzero(mask))
@@ -626,7 +661,9 @@ class _OpenGLViews:
         # RGBA rows are 4-byte aligned, which OpenGL's default unpack alignment needs for odd texture widths.
         rgba = np.concatenate([mesh.texture, np.full(mesh.texture.shape[:2] + (1,), 255, np.uint8)], axis=2)
         texture = pyrender.Texture(source=rgba, source_channels="RGBA", sampler=sampler)
-        material = pyrender.MetallicRoughnessMaterial(baseColorFactor=np.ones(4), baseColorTexture=texture, doubleSided=True)
+        material = pyrender.MetallicRoughnessMaterial(
+            baseColorFactor=np.ones(4), baseColorTexture=texture, doubleSided=True
+        )
         corners = len(mesh.faces) * 3
         primitive = pyrender.Primitive(
             positions=mesh.vertices[mesh.faces].reshape(corners, 3),
