@@ -254,7 +254,9 @@ def _vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor
     """Area-weighted unit vertex normals (N, 3)."""
     corners = _take(vertices, faces)
     face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=1)
-    normals = torch.zeros_like(vertices).index_add_(0, faces.reshape(-1), face_normals.repeat_interleave(3, dim=0))
+    normals = torch.zeros_like(vertices)
+    for corner in range(3):
+        normals.index_add_(0, faces[:, corner], face_normals)
     return torch.nn.functional.normalize(normals, dim=1)
 
 

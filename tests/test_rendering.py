@@ -282,6 +282,13 @@ def test_texture_channel_samples_the_image(tmp_path, per_corner):
     np.testing.assert_allclose(images[:3, right].T, np.broadcast_to([0.0, 0.0, 1.0], (right.sum(), 3)), atol=1e-6)
 
 
+def test_batches_mix_textured_and_untextured_scans(tmp_path, face):
+    renderer = MultiviewRenderer(image_size=32, channels=("texture", "depth"))
+    scans = [face, textured_plane(tmp_path, per_corner=True), textured_plane(tmp_path)]
+    expected = np.stack([renderer.render(scan) for scan in scans])
+    np.testing.assert_allclose(renderer.render_batch(scans), expected, atol=1e-6)
+
+
 def test_texture_falls_back_to_shading(tmp_path, caplog, face):
     renderer = MultiviewRenderer(image_size=32, channels=("texture", "shaded"))
     images = renderer.render(face)
