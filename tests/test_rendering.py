@@ -86,6 +86,8 @@ def test_channel_count_and_order(face):
         ({"channels": ()}, "non-empty"),
         ({"backend": "opengl"}, "Unknown render backend"),
         ({"views": ()}, "at least one"),
+        ({"views": ((0, 0), (20,))}, "pairs"),
+        ({"views": ((float("nan"), 0),)}, "finite"),
         ({"image_size": 4}, "at least 8"),
         ({"face_size": 0}, "positive"),
         ({"backend": "pyrender", "device": "cuda"}, "backend='torch'"),
