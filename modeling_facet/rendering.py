@@ -520,7 +520,7 @@ class MultiviewRenderer:
         depth_z, normals = interpolated[:, 0], interpolated[:, 1:]
         rgb = torch.zeros_like(normals)
         has_rgb = torch.zeros(len(pixel), dtype=torch.bool, device=device)
-        source_face = face % len(faces)
+        source_face = face % len(faces)  # the triangle in the scans' concatenated faces
         face_offsets = np.cumsum([0] + [len(mesh.faces) for mesh in meshes])
         for index, mesh in enumerate(meshes):
             if mesh.texture is None:
