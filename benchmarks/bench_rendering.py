@@ -68,8 +68,10 @@ def _single_threaded(call):
 def run(quick: bool) -> dict:
     """Scans/s of each backend on one scan, side by side, the torch backend batched, and torch/pyrender ratios.
 
-    The torch backend is timed with torch's default intra-op threads and with one thread: on a busy machine
-    OpenMP threads that wait for each other can make the default far slower than one thread.
+    The torch backend is timed with torch's default intra-op threads and with one thread: on a machine whose cores
+    are busy with other work, OpenMP's spinning waits (OMP_WAIT_POLICY unset) can make the default, and everything
+    else in the process, far slower; OMP_WAIT_POLICY=PASSIVE avoids that. Process CPU time per scan (all threads)
+    is recorded too, as a measure of work that depends less on the machine's load.
     """
     repeats = 5 if quick else 20
     batch_size = 8
@@ -90,6 +92,7 @@ def run(quick: bool) -> dict:
         "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "load_average_before": os.getloadavg()[0],
     }
     try:
