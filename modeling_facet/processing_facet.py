@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import numpy as np
-from tokenizers import pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import AutoTokenizer, CLIPTokenizer
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
@@ -29,31 +30,55 @@ CLIP_BOS, CLIP_EOS = "<|startoftext|>", "<|endoftext|>"
 _PROMPT_STREAM = 1
 
 
+def _learn_merges(word_counts: Counter, vocab: dict, vocab_size: int) -> list:
+    """Byte-pair merges learnt greedily (most frequent pair first, ties broken by the pair itself), added to `vocab`
+    until it holds `vocab_size` tokens or every word is one token. Deterministic, unlike the multithreaded trainer of
+    `tokenizers`, whose ties fall differently on every run (and so would the token ids of a fresh model)."""
+    words = {word: [*word[:-1], word[-1] + "</w>"] for word in sorted(word_counts)}
+    merges = []
+    while len(vocab) < vocab_size:
+        pairs = Counter()
+        for word, symbols in words.items():
+            for pair in zip(symbols, symbols[1:]):
+                pairs[pair] += word_counts[word]
+        if not pairs:
+            break
+        first, second = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        merges.append((first, second))
+        vocab.setdefault(first + second, len(vocab))
+        for symbols in words.values():
+            i = 0
+            while i < len(symbols) - 1:
+                if symbols[i] == first and symbols[i + 1] == second:
+                    symbols[i : i + 2] = [first + second]
+                i += 1
+    return merges
+
+
 def train_clip_tokenizer(vocab_size: int, model_max_length: int) -> CLIPTokenizer:
-    """A CLIP byte-level BPE tokenizer trained offline on every prompt of the label vocabulary ([`prompt_corpus`]).
+    """A CLIP byte-level BPE tokenizer learnt offline, deterministically, from every prompt of the label vocabulary
+    ([`prompt_corpus`]).
 
     The vocabulary holds the full byte alphabet both inside words and word-final (with `</w>`), so any text, emoji
     included, tokenises without `<|endoftext|>` (CLIP's unk, eos and pad token) appearing mid-sentence. Ids: bos 0,
     eos = pad = 1; at most `vocab_size` tokens.
     """
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     smallest = 2 * len(alphabet) + 2
     if vocab_size < smallest:
         raise ValueError(
             f"A CLIP tokenizer with the full byte alphabet needs vocab_size >= {smallest}; got {vocab_size}."
         )
-    tokenizer = CLIPTokenizer(vocab={CLIP_BOS: 0, CLIP_EOS: 1}, merges=[])
-    backend = tokenizer.backend_tokenizer
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size - len(alphabet), special_tokens=[CLIP_BOS, CLIP_EOS], end_of_word_suffix="</w>",
-        initial_alphabet=alphabet, show_progress=False,
-    )  # fmt: skip
-    backend.train_from_iterator(prompt_corpus(), trainer)
-    model = json.loads(backend.to_str())["model"]
-    vocab = model["vocab"]
-    for character in alphabet:
-        vocab.setdefault(character + "</w>", len(vocab))
-    merges = [tuple(merge) for merge in model["merges"]]
+    backend = CLIPTokenizer(vocab={CLIP_BOS: 0, CLIP_EOS: 1}, merges=[]).backend_tokenizer
+    word_counts = Counter(
+        word
+        for text in prompt_corpus()
+        for word, _ in backend.pre_tokenizer.pre_tokenize_str(backend.normalizer.normalize_str(text))
+    )
+    vocab = {CLIP_BOS: 0, CLIP_EOS: 1}
+    for token in alphabet + [character + "</w>" for character in alphabet]:
+        vocab.setdefault(token, len(vocab))
+    merges = _learn_merges(word_counts, vocab, vocab_size)
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
