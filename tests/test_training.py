@@ -1,0 +1,202 @@
+"""Training job, resume, cross-validation, evaluation CLI, HF Trainer fine-tuning and distributed runs (tiny preset,
+a few synthetic subjects rendered at 32 px)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import checkpointing
+from training.train import TrainConfig, cross_validate, train
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    """One rendered synthetic dataset (4 subjects, tiny views) shared by the tests of this module."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def tiny_config(output, cache_dir, **overrides) -> TrainConfig:
+    values = dict(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2, fold=0, preset="tiny",
+                  epochs=2, batch_size=8, learning_rate=3e-3, output=str(output), cache_dir=cache_dir, seed=3)  # fmt: skip
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_train_writes_metrics_and_a_loadable_model(tmp_path, cache_dir):
+    metrics = train(tiny_config(tmp_path / "run", cache_dir, test_intensities=[3, 4]))
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    for key in ("accuracy", "macro_f1", "labels", "confusion_matrix", "per_class_recall"):
+        assert key in saved
+    assert saved["labels"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+    assert sum(map(sum, saved["confusion_matrix"])) == saved["num_samples"] == 2 * 6 * 2  # 2 subjects x 6 x 2 levels
+    assert Path(saved["confusion_matrix_png"]).is_file()
+    assert metrics["accuracy"] == saved["accuracy"]
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2] and all(e["loss"] > 0 for e in epochs)
+
+    from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
+
+    model = FacetVLMForExpressionRecognition.from_pretrained(tmp_path / "run" / "model")
+    processor = FacetVLMProcessor.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.id2label[3] == "happiness"
+    assert processor.image_processor.image_size == model.config.image_size
+
+
+def _killed_after(step):
+    """A checkpoint writer that simulates the process dying right after checkpoint `step` is complete."""
+    original = checkpointing.save_checkpoint
+
+    def save_then_die(output_dir, saved_step, *args, **kwargs):
+        path = original(output_dir, saved_step, *args, **kwargs)
+        if saved_step == step:
+            raise KeyboardInterrupt(f"killed after checkpoint {step}")
+        return path
+
+    return save_then_die
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cache_dir, monkeypatch):
+    settings = dict(epochs=3, save_steps=2)
+    uninterrupted = train(tiny_config(tmp_path / "full", cache_dir, **settings))
+    monkeypatch.setattr(checkpointing, "save_checkpoint", _killed_after(2))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_config(tmp_path / "killed", cache_dir, **settings))
+    monkeypatch.undo()
+    assert checkpointing.latest_checkpoint(tmp_path / "killed").name == "checkpoint-2"
+    resumed = train(tiny_config(tmp_path / "killed", cache_dir, resume=True, **settings))
+    assert resumed["accuracy"] == uninterrupted["accuracy"]
+    assert resumed["confusion_matrix"] == uninterrupted["confusion_matrix"]
+    from safetensors.torch import load_file
+
+    full = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    again = load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    for key, value in full.items():
+        torch.testing.assert_close(again[key], value, rtol=0, atol=0)
+
+
+def test_partial_checkpoints_are_never_resumed(tmp_path):
+    (tmp_path / "checkpoint-4").mkdir()  # no trainer_state.json: incomplete
+    (tmp_path / ".checkpoint-6.partial").mkdir()
+    complete = tmp_path / "checkpoint-2"
+    complete.mkdir()
+    (complete / "trainer_state.json").write_text("{}")
+    assert checkpointing.latest_checkpoint(tmp_path) == complete
+
+
+def test_optimizer_state_round_trips_through_safetensors(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1, betas=(0.8, 0.9))
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    checkpointing.save_state_dict(optimizer.state_dict(), tmp_path, "optimizer")
+    restored = checkpointing.load_state_dict(tmp_path, "optimizer")
+    original = optimizer.state_dict()
+    assert restored["param_groups"] == original["param_groups"]
+    for key, state in original["state"].items():
+        for name, value in state.items():
+            torch.testing.assert_close(restored["state"][key][name], value)
+
+
+def test_cross_validation_writes_every_fold(tmp_path, cache_dir):
+    summary = cross_validate(tiny_config(tmp_path / "cv", cache_dir, epochs=1))
+    assert [fold["fold"] for fold in summary["folds"]] == [0, 1]
+    assert (tmp_path / "cv" / "fold-1" / "metrics.json").is_file()
+    saved = json.loads((tmp_path / "cv" / "cv_metrics.json").read_text())
+    accuracies = [fold["accuracy"] for fold in saved["folds"]]
+    assert saved["accuracy_mean"] == pytest.approx(sum(accuracies) / 2) == summary["accuracy_mean"]
+
+
+def test_evaluate_cli_reproduces_training_metrics(tmp_path, cache_dir):
+    metrics = train(tiny_config(tmp_path / "run", cache_dir, epochs=1))
+    from training.cli import main
+
+    main(["evaluate", str(tmp_path / "run" / "model"), "--dataset", "synthetic", "--protocol", "all",
+          "--synthetic-subjects", "4", "--num-folds", "2", "--seed", "3", "--cache-dir", cache_dir,
+          "--output", str(tmp_path / "eval")])  # fmt: skip
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["accuracy"] == pytest.approx(metrics["accuracy"])
+    assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+
+
+def test_yaml_config_and_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("dataset: synthetic\nepochs: 7\nmodel_overrides:\n  cvsa: mean\n")
+    cfg = TrainConfig.from_yaml(path, epochs=2)
+    assert cfg.epochs == 2 and cfg.model_overrides == {"cvsa": "mean"}
+    path.write_text("epochs: 3\nlearnig_rate: 0.1\n")
+    with pytest.raises(ValueError, match="learnig_rate"):
+        TrainConfig.from_yaml(path)
+    with pytest.raises(ValueError, match="Unknown dataset"):
+        TrainConfig(dataset="bu5dfe")
+
+
+def test_hf_trainer_fine_tunes_a_saved_model(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from modeling_facet import FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor
+    from training.hf_trainer import FacetDataCollator, compute_metrics, prepare_for_trainer
+
+    config = FacetVLMConfig.from_preset("tiny")
+    processor = FacetVLMProcessor.from_model_config(config)
+    torch.manual_seed(0)
+    FacetVLMForExpressionRecognition(config).save_pretrained(tmp_path / "saved")
+    processor.save_pretrained(tmp_path / "saved")
+    model = prepare_for_trainer(FacetVLMForExpressionRecognition.from_pretrained(tmp_path / "saved"))
+
+    labels = ["anger", "happiness", "surprise"]
+    generator = torch.Generator().manual_seed(1)
+    prototypes = torch.randn(3, 3, 5, 32, 32, generator=generator)
+    rows = [{"pixel_values": prototypes[i % 3] + 0.3 * torch.randn(3, 5, 32, 32, generator=generator), "label": i % 3}
+            for i in range(48)]  # fmt: skip
+    args = TrainingArguments(str(tmp_path / "trainer"), per_device_train_batch_size=12, num_train_epochs=6,
+                             learning_rate=3e-3, logging_steps=1, save_strategy="no", report_to="none",
+                             use_cpu=True, eval_strategy="no", seed=0)  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=rows, eval_dataset=rows[:12], processing_class=processor,
+                      data_collator=FacetDataCollator(processor, labels),
+                      compute_metrics=compute_metrics(labels))  # fmt: skip
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4
+    evaluation = trainer.evaluate()
+    assert evaluation["eval_accuracy"] > 0.5 and len(evaluation["eval_confusion_matrix"]) == 3
+
+
+def test_collator_augmentation_and_prompts():
+    from modeling_facet import FacetVLMConfig, FacetVLMProcessor
+    from training.hf_trainer import FacetDataCollator
+
+    processor = FacetVLMProcessor.from_model_config(FacetVLMConfig.from_preset("tiny"))
+    rows = [{"pixel_values": torch.rand(3, 5, 32, 32) * 2 - 1, "expression": i} for i in range(4)]
+    plain = FacetDataCollator(processor, ["anger", "disgust", "fear", "happiness"])(rows)
+    assert plain["input_ids"].shape[:2] == (4, len(processor.templates)) and "prompt_input_ids" not in plain
+    torch.testing.assert_close(plain["pixel_values"], torch.stack([r["pixel_values"] for r in rows]))
+    augmented = FacetDataCollator(processor, ["anger", "disgust", "fear", "happiness"], augment=True, seed=1)(rows)
+    assert not torch.allclose(augmented["pixel_values"], plain["pixel_values"])
+    assert augmented["prompt_input_ids"].shape[0] == 4 and augmented["labels"].tolist() == [0, 1, 2, 3]
+    with pytest.raises(KeyError, match="label columns"):
+        FacetDataCollator(processor, ["anger"])([{"pixel_values": torch.zeros(3, 5, 32, 32)}])
+
+
+@pytest.mark.skipif(not hasattr(torch.distributed, "is_available") or not torch.distributed.is_available(),
+                    reason="torch.distributed is not available")  # fmt: skip
+def test_torchrun_two_processes_sync_and_only_rank_zero_writes(tmp_path, cache_dir):
+    single = train(tiny_config(tmp_path / "warm", cache_dir, max_steps=1))  # renders the data once, one process
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "training.train", "--preset", "tiny", "--dataset", "synthetic", "--protocol", "all",
+               "--synthetic-subjects", "4", "--num-folds", "2", "--seed", "3", "--batch-size", "4", "--max-steps", "3",
+               "--cache-dir", cache_dir, "--output", str(tmp_path / "ddp")]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["parameters_in_sync"] is True
+    assert metrics["num_samples"] == single["num_samples"]  # every test sample counted once, from both ranks
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if p.name.startswith("metrics")) == ["metrics.json"]

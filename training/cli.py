@@ -1,0 +1,121 @@
+"""The `facet-vlm` command line: demo, train, evaluate, predict, render, inspect, app, publish."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _inspect(args):
+    from modeling_facet.mesh_io import describe_scan, load_scan
+
+    summary = describe_scan(load_scan(args.file, landmarks=True))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for key, value in summary.items():
+            print(f"{key:>12}: {value}")
+
+
+def _render(args):
+    import numpy as np
+    from PIL import Image
+
+    from modeling_facet.mesh_io import load_scan
+    from modeling_facet.rendering import MultiviewRenderer
+
+    views = [tuple(float(v) for v in view.split(",")) for view in args.views]
+    renderer = MultiviewRenderer(views=views, image_size=args.size, channels=args.channels, backend=args.backend)
+    images = renderer.render(load_scan(args.file, landmarks=True))  # (V, C, H, W) in [0, 1]
+    rows = [np.concatenate(list(view), axis=1) for view in images]  # each channel side by side, one row per view
+    grid = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
+    Image.fromarray(grid).save(args.output)
+    print(f"Wrote {args.output}: {len(views)} views x {images.shape[1]} channels ({', '.join(args.channels)}).")
+
+
+def _train(args):
+    from training.train import config_from_args, cross_validate, train
+
+    cfg = config_from_args(args)
+    results = cross_validate(cfg) if cfg.cv else train(cfg)
+    print(json.dumps({k: v for k, v in results.items() if k != "confusion_matrix"}, indent=2))
+
+
+def _evaluate(args):
+    from training.evaluate_model import evaluate_checkpoint
+    from training.train import TrainConfig
+
+    cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, protocol=args.protocol, fold=args.fold,
+                      num_folds=args.num_folds, seed=args.seed, synthetic_subjects=args.synthetic_subjects,
+                      test_intensities=args.test_intensities, cache_dir=args.cache_dir)  # fmt: skip
+    metrics = evaluate_checkpoint(args.model, cfg, args.output, split=args.split)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=2))
+
+
+def _demo(args):
+    from training.demo import run_demo
+
+    run_demo(args.output, num_subjects=args.subjects, epochs=args.epochs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from training.train import add_arguments
+
+    parser = argparse.ArgumentParser(prog="facet-vlm", description="FACET-VLM: 3D/4D facial expression recognition.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="Train and evaluate on the synthetic benchmark, then classify a scan.")
+    demo.add_argument("--output", default="outputs/demo")
+    demo.add_argument("--subjects", type=int, default=100, help="synthetic subjects to generate")
+    demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo recipe's)")
+    demo.set_defaults(handler=_demo)
+
+    train = commands.add_parser("train", help="Train FACET-VLM (Accelerate); see training/train.py.")
+    add_arguments(train)
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="Evaluate a trained model on a benchmark split.")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--dataset", required=True)
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--protocol", default="standard")
+    evaluate.add_argument("--fold", type=int, default=0)
+    evaluate.add_argument("--num-folds", type=int, default=10)
+    evaluate.add_argument("--seed", type=int, default=42, help="fold seed (and synthetic data seed)")
+    evaluate.add_argument("--synthetic-subjects", type=int, default=100)
+    evaluate.add_argument("--test-intensities", type=json.loads, default=None, help="JSON list, e.g. [3, 4]")
+    evaluate.add_argument("--split", default="test", choices=["test", "train", "all"])
+    evaluate.add_argument("--cache-dir")
+    evaluate.add_argument("--output", default="outputs/evaluation")
+    evaluate.set_defaults(handler=_evaluate)
+
+    render = commands.add_parser("render", help="Render a scan's views to a PNG grid (rows: views, columns: channels).")
+    render.add_argument("file")
+    render.add_argument("--output", default="views.png")
+    render.add_argument("--views", nargs="+", default=["0,0", "20,0", "-20,0"], help="yaw,pitch in degrees")
+    render.add_argument("--size", type=int, default=224)
+    render.add_argument("--channels", nargs="+", default=["shaded", "depth", "normals"])
+    render.add_argument("--backend", default="torch", choices=["torch", "pyrender"])
+    render.set_defaults(handler=_render)
+
+    inspect = commands.add_parser("inspect", help="Summarise a scan file: format, size, bounding box, landmarks.")
+    inspect.add_argument("file")
+    inspect.add_argument("--json", action="store_true")
+    inspect.set_defaults(handler=_inspect)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from modeling_facet.mesh_io import ScanFormatError
+
+    try:
+        args.handler(args)
+    except (ScanFormatError, FileNotFoundError) as error:
+        print(f"facet-vlm {args.command}: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
+if __name__ == "__main__":
+    main()

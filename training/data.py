@@ -1,0 +1,202 @@
+"""Benchmark data for training and evaluation: the `datasets` builders' rendered `views` configs as in-memory splits.
+
+`load_splits(cfg, image_processor)` prepares the builder of `cfg.dataset` with the image processor's view settings
+(rendering once, then reusing the Arrow cache), keeps the protocol fold's train and test subjects apart, and returns
+[`ExpressionSplit`]s whose labels index a contiguous label set (the classes present in the training split).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to read one benchmark: its builder, the rendering config, the label column and its label names."""
+
+    builder: str  # "module:Class"
+    config_name: str
+    label_field: str = "expression"
+    multi_label: bool = False  # a multi-hot label column (names from `multi_label_names`)
+
+    def builder_class(self):
+        module, name = self.builder.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+DATASETS = {
+    "synthetic": DatasetSpec("datasets_scripts.synthetic:SyntheticFaces", "views"),
+    "synthetic4d": DatasetSpec("datasets_scripts.synthetic:SyntheticFaces", "sequence_views"),
+    "synthetic_aus": DatasetSpec("datasets_scripts.synthetic:SyntheticFaces", "views", "aus", multi_label=True),
+    "bu3dfe": DatasetSpec("datasets_scripts.bu3dfe:BU3DFE", "views"),
+    "bosphorus": DatasetSpec("datasets_scripts.bosphorus:Bosphorus", "views"),
+    "bu4dfe": DatasetSpec("datasets_scripts.bu4dfe:BU4DFE", "views"),
+    "bp4d": DatasetSpec("datasets_scripts.bp4d:BP4D", "views", "aus", multi_label=True),
+    "bp4d_emotions": DatasetSpec("datasets_scripts.bp4d:BP4D", "views"),
+    "fourdme": DatasetSpec("datasets_scripts.fourdme:FourDME", "views", "emotions", multi_label=True),
+}
+
+
+def multi_label_names(name: str) -> list[str]:
+    """Label names of a multi-hot label column (AUs as "AU12", 4DME's five emotions)."""
+    if name == "synthetic_aus":
+        from datasets_scripts.synthetic_faces import AU_NAMES
+
+        return list(AU_NAMES)
+    if name == "bp4d":
+        from datasets_scripts.bp4d import BP4D_AUS
+
+        return [f"AU{number}" for number in BP4D_AUS]
+    from datasets_scripts.fourdme import EMOTIONS_4DME
+
+    return list(EMOTIONS_4DME)
+
+
+def is_multi_label(name: str) -> bool:
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; choose one of {sorted(DATASETS)}.")
+    return DATASETS[name].multi_label
+
+
+@dataclass
+class ExpressionSplit:
+    """Rendered samples of one split, in memory (pixels as float16 to halve the footprint)."""
+
+    pixel_values: torch.Tensor  # (N, V, C, H, W) or (N, T, V, C, H, W)
+    labels: torch.Tensor  # (N,) class ids or (N, L) multi-hot
+    label_names: list
+    frame_mask: torch.Tensor | None = None  # (N, T) for sequences
+    subjects: list = field(default_factory=list)
+    metadata: list = field(default_factory=list)
+    intensities: np.ndarray | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.labels.dim() == 2
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices) -> "ExpressionSplit":
+        indices = list(indices)
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return ExpressionSplit(
+            pixel_values=self.pixel_values[index], labels=self.labels[index], label_names=self.label_names,
+            frame_mask=None if self.frame_mask is None else self.frame_mask[index],
+            subjects=[self.subjects[i] for i in indices], metadata=[self.metadata[i] for i in indices],
+            intensities=None if self.intensities is None else self.intensities[indices],
+        )  # fmt: skip
+
+    def relabelled(self, label_names) -> "ExpressionSplit":
+        """The samples whose class is in `label_names` (matched by name), with labels indexing `label_names`."""
+        if self.multi_label:
+            if list(label_names) != list(self.label_names):
+                raise ValueError(f"Multi-label names differ: {self.label_names} vs {list(label_names)}.")
+            return self
+        position = {name: i for i, name in enumerate(label_names)}
+        keep = [i for i, label in enumerate(self.labels.tolist()) if self.label_names[label] in position]
+        subset = self.subset(keep)
+        subset.labels = torch.tensor([position[self.label_names[label]] for label in subset.labels.tolist()])
+        subset.label_names = list(label_names)
+        return subset
+
+    def batch(self, indices, device=None) -> dict:
+        """Model inputs for `indices`: float32 pixel_values, labels and (sequences) frame_mask."""
+        index = torch.as_tensor(list(indices), dtype=torch.long)
+        batch = {"pixel_values": self.pixel_values[index].float(), "labels": self.labels[index]}
+        if self.frame_mask is not None:
+            batch["frame_mask"] = self.frame_mask[index]
+        return {key: value.to(device) for key, value in batch.items()} if device is not None else batch
+
+
+def _builder(name: str, data_dir, image_processor, cfg, fold, protocol):
+    spec = DATASETS[name]
+    settings = dict(views=tuple(tuple(view) for view in image_processor.views), image_size=image_processor.image_size,
+                    channels=tuple(image_processor.channels), backend=image_processor.backend,
+                    num_frames=image_processor.num_frames)  # fmt: skip
+    if name.startswith("synthetic") and data_dir is None:
+        settings.update(num_subjects=cfg.synthetic_subjects, data_seed=cfg.seed)
+    return spec.builder_class()(
+        config_name=spec.config_name, data_dir=data_dir, cache_dir=cfg.cache_dir, protocol=protocol, fold=fold,
+        num_folds=cfg.num_folds, seed=cfg.seed, **settings,
+    )  # fmt: skip
+
+
+def _prepared(builder, cfg, show_progress: bool):
+    import datasets
+
+    if not show_progress:
+        datasets.disable_progress_bars()
+    try:
+        builder.download_and_prepare(num_proc=cfg.num_proc if cfg.num_proc > 1 else None)
+    finally:
+        if not show_progress:
+            datasets.enable_progress_bars()
+    return builder.as_dataset()
+
+
+def _to_split(dataset, spec: DatasetSpec, label_names: list, class_ids: list | None) -> ExpressionSplit:
+    """`class_ids[i]` is the dataset's class id of label i (single-label); other classes are dropped."""
+    columns = dataset.column_names
+    raw_labels = np.asarray(dataset[spec.label_field][:])
+    keep = np.ones(len(raw_labels), dtype=bool)
+    if class_ids is not None:
+        lookup = {class_id: position for position, class_id in enumerate(class_ids)}
+        keep = np.array([label in lookup for label in raw_labels], dtype=bool)
+        labels = torch.tensor([lookup[label] for label in raw_labels[keep]], dtype=torch.long)
+    else:
+        labels = torch.as_tensor(raw_labels, dtype=torch.float32)
+    rows = np.flatnonzero(keep).tolist()
+    dataset = dataset.select(rows)
+    pixels = torch.from_numpy(np.asarray(dataset.with_format("numpy")["pixel_values"][:], dtype=np.float16))
+    frame_mask = torch.as_tensor(np.asarray(dataset["frame_mask"][:]), dtype=torch.bool) if "frame_mask" in columns else None
+    metadata = [{key: dataset[key][i] for key in ("gender", "age", "race") if key in columns} for i in range(len(rows))]
+    intensities = np.asarray(dataset["intensity"][:]) if "intensity" in columns else None
+    return ExpressionSplit(pixels, labels, list(label_names), frame_mask, list(dataset["subject"][:]), metadata, intensities)
+
+
+def _with_intensities(split: ExpressionSplit, intensities) -> ExpressionSplit:
+    if intensities is None or split.intensities is None:
+        return split
+    return split.subset(np.flatnonzero(np.isin(split.intensities, list(intensities))).tolist())
+
+
+def load_splits(cfg, image_processor, show_progress: bool = True) -> dict:
+    """Train and test [`ExpressionSplit`]s of the protocol fold (plus "eval" for a cross-dataset run), rendered with
+    `image_processor`'s settings. Single-label classes are those present in the training split, in dataset order."""
+    spec = DATASETS[cfg.dataset]
+    dataset = _prepared(_builder(cfg.dataset, cfg.data_dir, image_processor, cfg, cfg.fold, cfg.protocol), cfg, show_progress)
+    if "test" not in dataset:
+        raise ValueError(f"{cfg.dataset}: protocol {cfg.protocol!r} fold {cfg.fold} gave no test split.")
+    if spec.multi_label:
+        label_names, class_ids = multi_label_names(cfg.dataset), None
+    else:
+        names = dataset["train"].features[spec.label_field].names
+        class_ids = sorted(set(np.asarray(dataset["train"][spec.label_field][:]).tolist()) - {-1})
+        label_names = [names[i] for i in class_ids]
+    splits = {
+        "train": _with_intensities(_to_split(dataset["train"], spec, label_names, class_ids), cfg.train_intensities),
+        "test": _with_intensities(_to_split(dataset["test"], spec, label_names, class_ids), cfg.test_intensities),
+    }
+    if cfg.eval_dataset:
+        splits["eval"] = load_cross_dataset_split(cfg, image_processor, label_names, show_progress)
+    return splits
+
+
+def load_cross_dataset_split(cfg, image_processor, label_names, show_progress: bool = True) -> ExpressionSplit:
+    """Every example of `cfg.eval_dataset` whose class is in the training label space (matched by name)."""
+    spec = DATASETS[cfg.eval_dataset]
+    if spec.multi_label:
+        raise ValueError(f"Cross-dataset evaluation needs a class-label dataset; {cfg.eval_dataset} is multi-label.")
+    builder = _builder(cfg.eval_dataset, cfg.eval_data_dir, image_processor, cfg, None, cfg.eval_protocol)
+    dataset = _prepared(builder, cfg, show_progress)["train"]
+    names = dataset.features[spec.label_field].names
+    shared = [name for name in label_names if name in names]
+    if not shared:
+        raise ValueError(f"{cfg.eval_dataset} shares no class with the training labels {label_names}.")
+    split = _to_split(dataset, spec, shared, [names.index(name) for name in shared])
+    return _with_intensities(split, cfg.test_intensities)

@@ -1,0 +1,384 @@
+"""The FACET-VLM training job (Accelerate): `facet-vlm train ...` or `python -m training.train ...`.
+
+One loop serves a single CPU, one GPU and multi-process runs (`torchrun --nproc_per_node 2 -m training.train ...` or
+`accelerate launch --multi_gpu --num_processes 2 -m training.train ...`; gloo on CPU). Every random choice (data
+order, view augmentation, prompt sampling, dropout) is derived from (seed, epoch, step), so a run resumed from its
+last checkpoint continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+
+from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor
+
+from . import checkpointing
+from .data import DATASETS, ExpressionSplit, is_multi_label, load_splits
+from .evaluate_model import compute_metrics, decide, predict, write_metrics
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; read from a YAML file (`--config`) and/or command-line flags."""
+
+    dataset: str = "synthetic"
+    data_dir: str | None = None
+    protocol: str = "standard"
+    fold: int = 0
+    num_folds: int = 10
+    cv: bool = False
+    eval_dataset: str | None = None
+    eval_data_dir: str | None = None
+    eval_protocol: str = "all"
+    synthetic_subjects: int = 100
+    train_intensities: list | None = None
+    test_intensities: list | None = None
+    preset: str = "small"
+    pretrained: str | None = None
+    vision_pretrained: str | None = None
+    text_pretrained: str | None = None
+    init_from: str | None = None
+    model_overrides: dict = field(default_factory=dict)
+    epochs: int = 20
+    max_steps: int | None = None
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_ratio: float = 0.05
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"
+    seed: int = 42
+    augment_views: bool = True
+    augment_prompts: bool = True
+    exclude_words: list = field(default_factory=list)
+    eval_every_epoch: bool = False
+    output: str = "outputs/run"
+    cache_dir: str | None = None
+    num_proc: int = 1
+    save_steps: int = 0
+    save_total_limit: int = 2
+    resume: bool = False
+
+    @classmethod
+    def from_yaml(cls, path, **overrides) -> "TrainConfig":
+        values = yaml.safe_load(Path(path).read_text()) or {}
+        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}.")
+        return cls(**{**values, **overrides})
+
+    def __post_init__(self):
+        if self.dataset not in DATASETS:
+            raise ValueError(f"Unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}.")
+        if self.eval_dataset is not None and self.eval_dataset not in DATASETS:
+            raise ValueError(f"Unknown eval dataset {self.eval_dataset!r}; choose one of {sorted(DATASETS)}.")
+
+
+def _mixed_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def build_model_and_processor(cfg: TrainConfig, multi_label: bool):
+    """The model (from a preset, a FACET-VLM checkpoint, or two pretrained towers) and its processor. The label
+    names are set once the data is loaded (the model itself is label-agnostic: classes are prompts)."""
+    labels = {"problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
+    source = cfg.pretrained or cfg.init_from
+    if source:
+        config = FacetVLMConfig.from_pretrained(source, **labels, **cfg.model_overrides)
+        model = FacetVLMForExpressionRecognition.from_pretrained(source, config=config)
+        processor = FacetVLMProcessor.from_pretrained(source)
+    elif cfg.vision_pretrained or cfg.text_pretrained:
+        if not (cfg.vision_pretrained and cfg.text_pretrained):
+            raise ValueError("Give both --vision-pretrained and --text-pretrained, or neither.")
+        model = FacetVLMForExpressionRecognition.from_vision_text_pretrained(
+            cfg.vision_pretrained, cfg.text_pretrained, **labels, **cfg.model_overrides
+        )
+        processor = FacetVLMProcessor(  # the text checkpoint's own tokenizer matches its vocabulary
+            FacetMeshImageProcessor.from_model_config(model.config), AutoTokenizer.from_pretrained(cfg.text_pretrained)
+        )
+    else:
+        config = FacetVLMConfig.from_preset(cfg.preset, **labels, **cfg.model_overrides)
+        processor = FacetVLMProcessor.from_model_config(config)  # writes the tokenizer's special ids into config
+        model = FacetVLMForExpressionRecognition.from_config(config)
+    return model, processor
+
+
+class BatchBuilder:
+    """Turns sample indices into model inputs: pixels with mixed view augmentation, the class prompts, and one
+    augmented prompt per sample, all seeded by the global step."""
+
+    def __init__(self, cfg: TrainConfig, processor, split: ExpressionSplit, device):
+        self.cfg, self.processor, self.split, self.device = cfg, processor, split, device
+        prompts = processor(labels=split.label_names, return_tensors="pt")
+        self.class_inputs = {"input_ids": prompts["input_ids"].to(device),
+                             "attention_mask": prompts["attention_mask"].to(device)}  # fmt: skip
+
+    def __call__(self, indices, step_seed: int) -> dict:
+        batch = self.split.batch(indices, device=self.device)
+        if self.cfg.augment_views:
+            batch["pixel_values"] = self.processor.image_processor.augment_pixel_values(
+                batch["pixel_values"], seed=step_seed
+            )
+        batch.update(self.class_inputs)
+        if self.cfg.augment_prompts and not self.split.multi_label:
+            prompts = self.processor(
+                labels=self.split.label_names,
+                sample_labels=batch["labels"].tolist(),
+                metadata=[self.split.metadata[i] for i in indices],
+                augment=True,
+                seed=step_seed,
+                exclude_words=self.cfg.exclude_words,
+                return_tensors="pt",
+            )
+            batch["prompt_input_ids"] = prompts["prompt_input_ids"].to(self.device)
+            batch["prompt_attention_mask"] = prompts["prompt_attention_mask"].to(self.device)
+        return batch
+
+
+def _optimizer(model, cfg: TrainConfig):
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.dim() < 2 or "norm" in name.lower() else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def evaluate_split(model, processor, split: ExpressionSplit, label_names, device) -> dict:
+    """Metrics of `model` on `split`, prompting with every template of `label_names`."""
+    prompts = processor(labels=label_names, return_tensors="pt")
+    logits = predict(model, split, {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"]},
+                     device=device)  # fmt: skip
+    return compute_metrics(decide(logits, split.multi_label), split.labels.numpy(), label_names)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train on the configured split, evaluate on its test side, save the model; returns the test metrics."""
+    accelerator = Accelerator(
+        mixed_precision=_mixed_precision(cfg.mixed_precision),
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        cpu=not torch.cuda.is_available(),
+    )
+    set_seed(cfg.seed)
+    output = Path(cfg.output)
+    model, processor = build_model_and_processor(cfg, is_multi_label(cfg.dataset))
+    with accelerator.main_process_first():  # rank 0 renders and caches; the others read its cache
+        splits = load_splits(cfg, processor.image_processor, show_progress=accelerator.is_main_process)
+    train_split, test_split = splits["train"], splits["test"]
+    model.config.id2label = dict(enumerate(train_split.label_names))
+    model.config.label2id = {name: i for i, name in enumerate(train_split.label_names)}
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    global_batch = cfg.batch_size * world
+    steps_per_epoch = max(1, len(train_split) // global_batch)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    optimizer = _optimizer(model, cfg)
+    scheduler = get_cosine_schedule_with_warmup(
+        optimizer, math.ceil(cfg.warmup_ratio * total_steps / cfg.gradient_accumulation_steps),
+        math.ceil(total_steps / cfg.gradient_accumulation_steps),
+    )  # fmt: skip
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    build_batch = BatchBuilder(cfg, processor, train_split, accelerator.device)
+
+    step, history = 0, []
+    if cfg.resume and (last := checkpointing.latest_checkpoint(output)) is not None:
+        accelerator.unwrap_model(model).load_state_dict(
+            FacetVLMForExpressionRecognition.from_pretrained(last).state_dict()
+        )
+        processor = FacetVLMProcessor.from_pretrained(last)
+        build_batch = BatchBuilder(cfg, processor, train_split, accelerator.device)
+        optimizer.optimizer.load_state_dict(checkpointing.load_state_dict(last, "optimizer"))
+        scheduler.scheduler.load_state_dict(json.loads((last / "scheduler.json").read_text()))
+        state = json.loads((last / "trainer_state.json").read_text())
+        step, history = state["step"], state["history"]
+        accelerator.print(f"Resumed from {last} at step {step}.")
+
+    progress = tqdm(total=total_steps, initial=step, disable=not accelerator.is_main_process, desc="training")
+    running, started, seen = {}, time.perf_counter(), 0
+    model.train()
+    while step < total_steps:
+        epoch, position = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_split))
+        global_indices = order[position * global_batch:(position + 1) * global_batch]
+        indices = global_indices[rank::world].tolist()
+        step_seed = _step_seed(cfg.seed, step)
+        torch.manual_seed(step_seed)
+        with accelerator.accumulate(model):
+            outputs = model(**build_batch(indices, step_seed))
+            accelerator.backward(outputs.loss)
+            if accelerator.sync_gradients and cfg.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        step += 1
+        seen += len(global_indices)
+        terms = {name: getattr(outputs, name).detach() for name in ("loss", "loss_ce", "loss_itc", "loss_cons", "loss_gf")}
+        terms = {name: accelerator.reduce(value, reduction="mean").item() for name, value in terms.items()}
+        for name, value in terms.items():
+            running[name] = running.get(name, 0.0) + value
+        running["steps"] = running.get("steps", 0) + 1
+        progress.update(1)
+        progress.set_postfix(loss=f"{terms['loss']:.3f}", samples_per_s=f"{seen / (time.perf_counter() - started):.1f}")
+
+        if step % steps_per_epoch == 0 or step == total_steps:
+            record = {"epoch": math.ceil(step / steps_per_epoch), "step": step,
+                      **{name: value / running["steps"] for name, value in running.items() if name != "steps"},
+                      "lr": scheduler.get_last_lr()[0], "samples_per_second": seen / (time.perf_counter() - started)}  # fmt: skip
+            if cfg.eval_every_epoch:
+                record["test_accuracy"] = _gathered_metrics(accelerator, model, processor, test_split).get("accuracy")
+                model.train()
+            history.append(record)
+            running = {}
+            if accelerator.is_main_process:
+                _log_epoch(output, record)
+        if cfg.save_steps and (step % cfg.save_steps == 0 or step == total_steps):
+            _save(accelerator, output, step, model, processor, optimizer, scheduler, history, cfg)
+    progress.close()
+
+    metrics = _gathered_metrics(accelerator, model, processor, test_split)
+    metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
+                   train_samples=len(train_split), test_samples=len(test_split), world_size=world,
+                   parameters_in_sync=_parameters_in_sync(accelerator, model),
+                   train_seconds=time.perf_counter() - started)  # fmt: skip
+    if "eval" in splits:
+        metrics["cross_dataset"] = _gathered_metrics(accelerator, model, processor, splits["eval"])
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.save_pretrained(output / "model")
+        processor.save_pretrained(output / "model")
+        write_metrics(metrics, output)
+        (output / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+def _gathered_metrics(accelerator, model, processor, split: ExpressionSplit) -> dict:
+    """Metrics over the whole split with each rank predicting its share (gathered across processes)."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    shard = split.subset(list(range(rank, len(split), world)))
+    unwrapped = accelerator.unwrap_model(model)
+    prompts = processor(labels=split.label_names, return_tensors="pt")
+    logits = torch.from_numpy(predict(unwrapped, shard, dict(prompts), device=accelerator.device))
+    labels = shard.labels.float() if split.multi_label else shard.labels
+    order = torch.arange(rank, len(split), world)
+    logits, labels, order = (accelerator.gather_for_metrics(t.to(accelerator.device).contiguous(), use_gather_object=False)
+                             for t in _pad_to_equal((logits, labels, order), world, len(split)))  # fmt: skip
+    keep = order >= 0
+    permutation = order[keep].argsort()
+    logits, labels = logits[keep][permutation].cpu().numpy(), labels[keep][permutation].cpu().numpy()
+    return compute_metrics(decide(logits, split.multi_label), labels.astype(np.int64), split.label_names)
+
+
+def _parameters_in_sync(accelerator, model) -> bool:
+    """True when every process holds the same weights (the check that gradients were all-reduced)."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    gathered = accelerator.gather(checksum.to(accelerator.device))
+    return bool(torch.all(gathered == gathered[0]))
+
+
+def _pad_to_equal(tensors, world: int, total: int):
+    """Pad each rank's share to the same length (gather needs equal sizes); padded rows get order -1."""
+    size = math.ceil(total / world)
+    padded = []
+    for tensor in tensors:
+        missing = size - tensor.shape[0]
+        fill = -1 if tensor.dtype == torch.long and tensor.dim() == 1 else 0
+        padded.append(torch.cat([tensor, tensor.new_full((missing, *tensor.shape[1:]), fill)]) if missing else tensor)
+    return padded
+
+
+def _save(accelerator, output, step, model, processor, optimizer, scheduler, history, cfg):
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        checkpointing.save_checkpoint(
+            output, step, accelerator.unwrap_model(model), processor, optimizer.optimizer, scheduler.scheduler,
+            {"step": step, "history": history, "config": dataclasses.asdict(cfg)},
+        )  # fmt: skip
+        checkpointing.prune_checkpoints(output, cfg.save_total_limit)
+    accelerator.wait_for_everyone()
+
+
+def _log_epoch(output: Path, record: dict):
+    output.mkdir(parents=True, exist_ok=True)
+    with open(output / "epochs.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional
+        return
+    with SummaryWriter(str(output / "tensorboard")) as writer:
+        for name, value in record.items():
+            if isinstance(value, (int, float)) and name not in ("epoch", "step"):
+                writer.add_scalar(name, value, record["step"])
+
+
+def cross_validate(cfg: TrainConfig) -> dict:
+    """Train and evaluate every fold of the protocol; writes per-fold metrics and the mean/std accuracy."""
+    folds = []
+    for fold in range(cfg.num_folds):
+        fold_cfg = dataclasses.replace(cfg, fold=fold, cv=False, output=str(Path(cfg.output) / f"fold-{fold}"))
+        folds.append(train(fold_cfg))
+    accuracies = [m["accuracy"] for m in folds if "accuracy" in m]
+    summary = {"folds": [{"fold": i, **{k: m[k] for k in ("accuracy", "macro_f1", "mean_f1") if k in m}}
+                         for i, m in enumerate(folds)],
+               "accuracy_mean": float(np.mean(accuracies)) if accuracies else None,
+               "accuracy_std": float(np.std(accuracies)) if accuracies else None}  # fmt: skip
+    Path(cfg.output).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.output) / "cv_metrics.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def add_arguments(parser):
+    """Flags for every TrainConfig field (`--epochs 5`, `--model-overrides '{"cvsa": "mean"}'`), plus --config."""
+    parser.add_argument("--config", help="YAML file of training settings; flags override it.")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type.startswith("bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.type.startswith(("list", "dict")):
+            parser.add_argument(flag, type=json.loads, default=None, help="JSON, e.g. [3, 4]")
+        else:
+            kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
+            parser.add_argument(flag, type=kind, default=None)
+
+
+def config_from_args(args) -> TrainConfig:
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+                 if getattr(args, f.name, None) is not None}  # fmt: skip
+    return TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(**overrides)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(argv))
+    results = cross_validate(cfg) if cfg.cv else train(cfg)
+    print(json.dumps({k: v for k, v in results.items() if k != "confusion_matrix"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
