@@ -163,6 +163,7 @@ class BP4D(FacetBuilder):
     """BP4D-Spontaneous (41 subjects x 8 tasks): 4D spontaneous expressions with FACS AU occurrence codes."""
 
     DATASET = "BP4D-Spontaneous"
+    LEVELS = ("scan", "sequence")
     FRAME_FIELDS = SEQUENCE_FRAME_FIELDS
     BUILDER_CONFIGS = [
         FacetBuilderConfig(name=name, level=level, render=render, num_folds=len(BP4D_PARTS), description=description)

@@ -53,7 +53,8 @@ PROTOCOLS = {"standard": bu4dfe_folds, "all": benchmark_folds}
 @dataclass
 class BU4DFEConfig(FacetBuilderConfig):
     """:class:`FacetBuilderConfig` at sequence level, plus ``landmark_dir``: the ``BU4DFE_BND_V1.1`` release folder
-    (default ``<data_dir>/BU4DFE_BND_V1.1`` when it exists)."""
+    (default ``<data_dir>/BU4DFE_BND_V1.1`` when it exists; a folder outside data_dir is left out of the cache's
+    data fingerprint, which covers data_dir only)."""
 
     level: str = "sequence"
     landmark_dir: Optional[str] = None
@@ -119,6 +120,7 @@ class BU4DFE(FacetBuilder):
     """BU-4DFE dynamic 3D facial expressions (101 subjects, 6 expression sequences each)."""
 
     DATASET = "BU-4DFE"
+    LEVELS = ("sequence",)
     PROTOCOLS = tuple(PROTOCOLS)
     FRAME_FIELDS = ("frame_paths", "landmark_paths")
     BUILDER_CONFIG_CLASS = BU4DFEConfig

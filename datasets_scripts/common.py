@@ -19,7 +19,8 @@ rendering configs), so a view-setting change never reuses a stale cache; and on 
 (relative paths, sizes and modification times of every file under ``data_dir``), so edited or added files are
 picked up. A second ``download_and_prepare`` with the same settings reuses the cache without rendering.
 ``download_and_prepare(num_proc=N)`` renders in N processes (examples are list-valued gen_kwargs shards), each
-with one torch thread; the progress bar is datasets' "Generating <split> split" bar, with the example total known up front.
+with one torch thread; the progress bar is datasets' "Generating <split> split" bar, with the example total
+known up front.
 
 Bad files. A scan or landmark file that cannot be read stops preparation with its ``ScanFormatError`` (the
 message names the file). With ``skip_bad_files=True`` the example is skipped instead; at the end of
@@ -57,7 +58,6 @@ logger = logging.getLogger(__name__)
 EMOTIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
 EMOTIONS_WITH_NEUTRAL = EMOTIONS + ("neutral",)
 GENDERS = {"F": "female", "M": "male"}
-LEVELS = ("scan", "sequence")
 RENDER_FIELDS = ("views", "image_size", "channels", "backend", "num_frames")
 SEQUENCE_FIELDS = ("num_frames", "window_length", "window_stride")
 DEFAULT_IMAGE_SIZE = 96  # the "small" model preset renders 96 px views
@@ -215,14 +215,16 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
     """Base of the benchmark builders: protocol splits, landmark loading, rendering and bad-file accounting.
 
     A subclass sets ``DATASET`` (display name), ``DATA_SOURCE`` (where the data comes from, for errors about
-    missing data; the default says it must be obtained from its owners under license), ``PROTOCOLS`` (accepted
-    protocol names), ``FRAME_FIELDS`` (the per-frame list columns cut by windows, sequence level) and implements
-    ``_example_features()`` (the columns besides ``fold``, ``window_start`` and ``pixel_values``), ``_index(root)``
-    (one dict per example: the feature values, ``scan_path`` or ``frame_paths``, and optionally ``landmark_path``,
-    a file whose points fill ``landmarks``) and ``_folds(examples)`` (the examples the protocol uses and its folds;
-    examples of subjects in no fold are dropped).
-    ``_index`` raises :class:`MissingDataError` with just the problem; the dataset name and ``DATA_SOURCE`` are
-    added here.
+    missing data; the default says it must be obtained from its owners under license), ``LEVELS`` and
+    ``PROTOCOLS`` (the accepted ``level`` and ``protocol`` values) and ``FRAME_FIELDS`` (the per-frame list
+    columns that windows cut), and implements:
+
+    * ``_example_features()``: the columns besides ``fold``, ``window_start`` and the rendered ones;
+    * ``_index(root)``: one dict per example with the feature values, ``scan_path`` or ``frame_paths``, and
+      optionally ``landmark_path`` (a file whose points fill ``landmarks`` and ``landmark_names``); it raises
+      :class:`MissingDataError` with just the problem, to which the dataset name and ``DATA_SOURCE`` are added;
+    * ``_folds(examples)``: the examples the protocol uses and its folds (examples of subjects in no fold are
+      dropped).
     """
 
     VERSION = datasets.Version("1.0.0")
@@ -232,6 +234,7 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
         "The data is not distributed with this package: it must be obtained from its owners under their license, "
         "and data_dir must be the root folder of their release."
     )
+    LEVELS = ("scan",)
     PROTOCOLS = ("standard",)
     FRAME_FIELDS = ("frame_paths",)
 
@@ -244,8 +247,8 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
 
     def _check_config(self):
         config = self.config
-        if config.level not in LEVELS:
-            raise ValueError(f"level must be one of {LEVELS}, got {config.level!r}")
+        if config.level not in self.LEVELS:
+            raise ValueError(f"{self.DATASET} level must be one of {self.LEVELS}, got {config.level!r}")
         if config.protocol not in self.PROTOCOLS:
             raise ValueError(f"{self.DATASET} protocol must be one of {self.PROTOCOLS}, got {config.protocol!r}")
         if config.num_folds < 2:
@@ -413,11 +416,11 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
     # ------------------------------------------------------------------------------------------------ errors
 
     def _prepare_split_single(self, *args, **kwargs):
-        # datasets wraps errors of _generate_examples in a generic DatasetGenerationError; surface ours instead.
+        # datasets wraps errors of _generate_examples in a generic DatasetGenerationError; surface the file's own.
         try:
             yield from super()._prepare_split_single(*args, **kwargs)
         except DatasetGenerationError as error:
-            if isinstance(error.__cause__, (ScanFormatError, LabelError)):
+            if isinstance(error.__cause__, ScanFormatError):
                 raise error.__cause__ from None
             raise
 
@@ -440,20 +443,25 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
         with open(self.bad_files_report) as handle:
             return json.load(handle)
 
+    def _merge_partial_reports(self) -> None:
+        """Join the skipped-file lists that each generation job wrote into ``bad_files.json``."""
+        partials = sorted(glob.glob(os.path.join(glob.escape(self._output_dir), _PARTIAL_REPORT.format("*"))))
+        if not partials:
+            return
+        entries = []
+        for path in partials:
+            with open(path) as handle:
+                entries.extend(json.load(handle))
+        with open(self.bad_files_report, "w") as handle:
+            json.dump(sorted(entries, key=lambda entry: entry["path"]), handle, indent=1)
+        for path in partials:
+            os.remove(path)
+
     def download_and_prepare(self, *args, **kwargs):
         """Prepare the dataset (or reuse the cache), then report the files skipped with ``skip_bad_files=True``."""
         self._main_pid = os.getpid()
         super().download_and_prepare(*args, **kwargs)
-        partials = sorted(glob.glob(os.path.join(glob.escape(self._output_dir), _PARTIAL_REPORT.format("*"))))
-        if partials:
-            entries = []
-            for path in partials:
-                with open(path) as handle:
-                    entries.extend(json.load(handle))
-            with open(self.bad_files_report, "w") as handle:
-                json.dump(sorted(entries, key=lambda entry: entry["path"]), handle, indent=1)
-            for path in partials:
-                os.remove(path)
+        self._merge_partial_reports()
         skipped = self.bad_files
         if skipped:
             names = ", ".join(entry["path"] for entry in skipped)

@@ -133,6 +133,7 @@ class FourDME(FacetBuilder):
     """4DME micro- and macro-expression clips with multi-label emotions and action units."""
 
     DATASET = "4DME"
+    LEVELS = ("sequence",)
     PROTOCOLS = ("loso", "standard")
     BUILDER_CONFIGS = [
         FacetBuilderConfig(name="sequences", level="sequence", protocol="loso", description="Clip frames and labels."),

@@ -75,6 +75,7 @@ class SyntheticFaces(FacetBuilder):
     """Procedural 3D/4D faces with known FACS action units: the embedded default data of FACET-VLM."""
 
     DATASET = "SyntheticFaces"
+    LEVELS = ("scan", "sequence")
     DATA_SOURCE = (
         "Write the tree with datasets_scripts.synthetic_faces.write_bu3dfe_tree (scans, views) or write_bu4dfe_tree "
         "(sequences, sequence_views), or leave data_dir out to have the builder generate one."

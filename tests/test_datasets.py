@@ -40,7 +40,8 @@ def tiny_face(offset=0.0):
     x, y = np.meshgrid(np.linspace(-40, 40, 4), np.linspace(-50, 50, 4))
     z = 30 * np.exp(-(x**2 + y**2) / 800) + offset
     cells = (np.arange(3)[:, None] * 4 + np.arange(3)).ravel()
-    faces = np.concatenate([np.column_stack([cells, cells + 1, cells + 5]), np.column_stack([cells, cells + 5, cells + 4])])
+    lower, upper = np.column_stack([cells, cells + 1, cells + 5]), np.column_stack([cells, cells + 5, cells + 4])
+    faces = np.concatenate([lower, upper])
     return np.column_stack([x.ravel(), y.ravel(), z.ravel()]), faces
 
 
@@ -132,7 +133,8 @@ def test_bu3dfe_bad_codes_name_the_file(tmp_path, name, message):
 def test_bu3dfe_model_without_its_wrl_is_reported(tmp_path):
     root = write_bu3dfe(tmp_path / "BU_3DFE", races={"F0001": "WH", "M0002": "WH"}, models=[("NE", 0), ("HA", 4)])
     os.remove(root / "M0002" / "M0002_HA04WH_F3D.wrl")
-    with pytest.raises(MissingDataError, match=r"M0002_HA04WH_F3D.wrl \(present: F3D.bnd, RAW.pse\).*under their license"):
+    message = r"M0002_HA04WH_F3D.wrl \(present: F3D.bnd, RAW.pse\).*under their license"
+    with pytest.raises(MissingDataError, match=message):
         prepare(BU3DFE, root, tmp_path / "cache", "scans", num_folds=2)
 
 
@@ -155,6 +157,10 @@ def test_bad_config_values_raise(tmp_path):
         BP4D(config_name="frames", cache_dir=str(tmp_path), num_folds=10)
     with pytest.raises(ValueError, match="window_length and window_stride"):
         BU4DFE(config_name="sequences", cache_dir=str(tmp_path), window_length=0)
+    with pytest.raises(ValueError, match="BU-3DFE level must be one of"):
+        BU3DFE(config_name="scans", cache_dir=str(tmp_path), level="sequence")
+    with pytest.raises(ValueError, match="Unknown render channel 'colour'"):
+        BU3DFE(config_name="views", cache_dir=str(tmp_path), channels=["colour"])
 
 
 # ------------------------------------------------------------------------------------------------------ views
@@ -227,7 +233,8 @@ def test_corrupt_landmark_file_is_reported_in_the_scans_config(tmp_path):
     (root / "F0001" / "F0001_NE00WH_F3D.bnd").write_text("0 1.0 2.0\n")
     with pytest.raises(ScanFormatError, match="F0001_NE00WH_F3D.bnd: landmark line 1 has 3 fields"):
         prepare(BU3DFE, root, tmp_path / "cache", "scans", protocol="all7", num_folds=2)
-    builder, splits = prepare(BU3DFE, root, tmp_path / "cache", "scans", protocol="all7", num_folds=2, skip_bad_files=True)
+    builder, splits = prepare(BU3DFE, root, tmp_path / "cache", "scans", protocol="all7", num_folds=2,
+                              skip_bad_files=True)  # fmt: skip
     assert len(splits["train"]) == 5 and len(builder.bad_files) == 1
 
 
@@ -253,8 +260,9 @@ def test_views_with_two_processes_match_one_process_and_report_bad_files(tmp_pat
 # ------------------------------------------------------------------------------------------------------ Bosphorus
 
 LM3_NAMES = ["Outer left eyebrow", "Nose tip", "Chin middle"]
-FULL_SESSION = ["N_N_0", "N_N_1", *(f"E_{code}_0" for code in ("ANGER", "DISGUST", "FEAR", "HAPPY", "SADNESS", "SURPRISE")),
-                "LFAU_12L_0", "UFAU_2_0", "CAU_A26A12lw_0", "YR_R10_0", "PR_SU_0", "CR_RU_0", "O_EYE_0"]  # fmt: skip
+EMOTION_STEMS = [f"E_{code}_0" for code in ("ANGER", "DISGUST", "FEAR", "HAPPY", "SADNESS", "SURPRISE")]
+FULL_SESSION = ["N_N_0", "N_N_1", *EMOTION_STEMS, "LFAU_12L_0", "UFAU_2_0", "CAU_A26A12lw_0", "YR_R10_0", "PR_SU_0",
+                "CR_RU_0", "O_EYE_0"]  # fmt: skip
 
 
 def write_bosphorus_scan(folder, stem, nrows=6, ncols=5):
@@ -354,7 +362,10 @@ def test_bosphorus_views_render_bnt_scans(tmp_path):
 
 # ------------------------------------------------------------------------------------------------------ BU-4DFE
 
-BU4DFE_FRAMES = {("F001", "Angry"): 3, ("F001", "Happy"): 5, ("M002", "Angry"): 4, ("M002", "Sad"): 2, ("F003", "Surprise"): 3}
+BU4DFE_FRAMES = {
+    ("F001", "Angry"): 3, ("F001", "Happy"): 5, ("M002", "Angry"): 4, ("M002", "Sad"): 2, ("F003", "Surprise"): 3,
+}  # fmt: skip
+FOLDER_EMOTIONS = {"Angry": "anger", "Happy": "happiness", "Sad": "sadness", "Surprise": "surprise"}
 
 
 def write_bu4dfe(root, frames=BU4DFE_FRAMES):
@@ -365,14 +376,16 @@ def write_bu4dfe(root, frames=BU4DFE_FRAMES):
         folder = root / subject / expression
         folder.mkdir(parents=True)
         for index in range(count):
-            write_wrl(folder / f"{index:03d}.wrl", vertices + index, faces, uv=uv, texture_url=f"{index:03d}.jpg", flavor="bu4dfe")
+            name = f"{index:03d}"
+            write_wrl(folder / f"{name}.wrl", vertices + index, faces, uv=uv, texture_url=f"{name}.jpg", flavor="bu4dfe")
             (folder / f"{index:03d}.jpg").write_bytes(b"\xff\xd8\xff")
     (root / "BU_WrlViewer_V2").mkdir()
     (root / "BU_WrlViewer_V2" / "viewer.exe").write_bytes(b"MZ")
     landmarks = root / "BU4DFE_BND_V1.1" / "F001" / "Happy"
     landmarks.mkdir(parents=True)
     for index in (0, 1, 3, 4):  # frame 002 has no landmark file
-        write_bnd(landmarks / f"{index:03d}.bnd", LANDMARK_INDICES, vertices[LANDMARK_INDICES] + index, number_format="%.9g")
+        points = vertices[LANDMARK_INDICES] + index
+        write_bnd(landmarks / f"{index:03d}.bnd", LANDMARK_INDICES, points, number_format="%.9g")
     return root
 
 
@@ -382,13 +395,12 @@ def test_bu4dfe_sequences_enumerate_frames_and_landmarks(tmp_path):
     rows = rows_by(splits["train"], "subject", "expression")
     assert len(rows) == 5 and splits["train"].features["expression"].names == EMOTIONS
     for (subject, folder), count in BU4DFE_FRAMES.items():
-        expression = EMOTIONS.index({"Angry": "anger", "Happy": "happiness", "Sad": "sadness", "Surprise": "surprise"}[folder])
-        row = rows[(subject, expression)]
+        row = rows[(subject, EMOTIONS.index(FOLDER_EMOTIONS[folder]))]
         assert row["frame_paths"] == [str(root / subject / folder / f"{i:03d}.wrl") for i in range(count)]
         assert row["gender"] == {"F": "female", "M": "male"}[subject[0]] and row["window_start"] == 0
     happy = rows[("F001", EMOTIONS.index("happiness"))]["landmark_paths"]
     release = root / "BU4DFE_BND_V1.1" / "F001" / "Happy"
-    assert happy == [str(release / "000.bnd"), str(release / "001.bnd"), None, str(release / "003.bnd"), str(release / "004.bnd")]
+    assert happy == [str(release / f"00{i}.bnd") if i != 2 else None for i in range(5)]
     assert rows[("M002", 0)]["landmark_paths"] == [None] * 4
 
 
@@ -402,7 +414,8 @@ def test_bu4dfe_sliding_windows(tmp_path):
     assert [os.path.basename(path) for path in happy[1]["frame_paths"]] == ["001.wrl", "002.wrl", "003.wrl"]
     assert happy[1]["landmark_paths"][1] is None and happy[1]["landmark_paths"][2].endswith("003.bnd")
     assert [len(row["frame_paths"]) for row in rows if row["subject"] == "M002" and row["expression"] == 4] == [2]
-    _, strided = prepare(BU4DFE, root, tmp_path / "cache", "sequences", protocol="all", num_folds=3, window_length=2, window_stride=2)
+    _, strided = prepare(BU4DFE, root, tmp_path / "cache", "sequences", protocol="all", num_folds=3, window_length=2,
+                         window_stride=2)  # fmt: skip
     assert len(strided["train"]) == 1 + 2 + 2 + 1 + 1
 
 
@@ -443,7 +456,7 @@ CODED_AUS = (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22
 
 
 def write_au_csv(path, first_frame, num_rows, newline):
-    """§4.6: header 0..99, frame column, 9 in never-coded columns; AU1 on, AU2 unknown on the 2nd row, AU12 on the 3rd."""
+    """§4.6: header 0..99, frame column, 9 in never-coded columns; AU1 on, AU2 unknown in row 2, AU12 on in row 3."""
     table = np.full((num_rows, 100), 9, dtype=int)
     table[:, 0] = np.arange(first_frame, first_frame + num_rows)
     table[:, list(CODED_AUS)] = 0
@@ -473,7 +486,8 @@ def write_bp4d(root, sequences=BP4D_SEQUENCES):
     tracked = root / "3DFeatures" / "F001" / "T1"
     tracked.mkdir(parents=True)
     for index in (1, 2):
-        (tracked / f"{index:04d}.tbnd").write_text("1.5 -2 0.25\n" + "".join(f"{k} {k + 0.5} {index}\n" for k in range(83)))
+        points = "".join(f"{k} {k + 0.5} {index}\n" for k in range(83))
+        (tracked / f"{index:04d}.tbnd").write_text("1.5 -2 0.25\n" + points)
     return root
 
 
@@ -615,7 +629,7 @@ def test_fourdme_bad_labels_and_missing_clips(tmp_path):
 
 
 def test_synthetic_builder_generates_its_own_tree_and_reuses_it(tmp_path, monkeypatch):
-    builder, splits = prepare(SyntheticFaces, None, tmp_path / "cache", "scans", num_subjects=2, protocol="all7", num_folds=2)
+    _, splits = prepare(SyntheticFaces, None, tmp_path / "cache", "scans", num_subjects=2, protocol="all7", num_folds=2)
     rows = splits["train"].to_list()
     assert len(rows) == 2 * 25
     tree = os.path.dirname(os.path.dirname(rows[0]["scan_path"]))
@@ -631,7 +645,7 @@ def test_synthetic_builder_generates_its_own_tree_and_reuses_it(tmp_path, monkey
     first = next(row for row in rows if row["subject"] == meta["bu3dfe_id"])
     assert first["gender"] == {"F": "female", "M": "male"}[meta["gender"]] and first["age"] == str(meta["age"])
     assert all(sum(row["aus"]) == 0 for row in rows if row["expression"] == 6)
-    monkeypatch.setattr("datasets_scripts.synthetic.write_bu3dfe_tree", lambda *args, **kwargs: pytest.fail("regenerated"))
+    monkeypatch.setattr("datasets_scripts.synthetic.write_bu3dfe_tree", lambda *args, **kw: pytest.fail("regenerated"))
     _, again = prepare(SyntheticFaces, None, tmp_path / "cache", "views", num_subjects=2, num_folds=2, fold=0,
                        views=[[0, 0]], image_size=16)  # fmt: skip
     assert len(again["train"]) + len(again["test"]) == 2 * 12
@@ -649,7 +663,8 @@ def test_synthetic_sequences_from_a_written_tree(tmp_path):
     for row in rows:
         frames = [labels[os.path.relpath(path, root)] for path in row["frame_paths"]]
         np.testing.assert_allclose(row["intensity_curve"], [float(frame["intensity"]) for frame in frames], atol=1e-6)
-        np.testing.assert_allclose(row["au_intensities"], [[float(f[name]) for name in AU_NAMES] for f in frames], atol=1e-6)
+        activations = [[float(frame[name]) for name in AU_NAMES] for frame in frames]
+        np.testing.assert_allclose(row["au_intensities"], activations, atol=1e-6)
         assert all(path is not None for path in row["landmark_paths"])
     _, views = prepare(SyntheticFaces, root, tmp_path / "cache", "sequence_views", num_folds=2, window_length=2,
                        window_stride=2, num_frames=2, views=[[0, 0]], image_size=16, channels=["depth"])  # fmt: skip
