@@ -1,0 +1,273 @@
+import csv
+import os
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from datasets_scripts.synthetic_faces import (
+    AU_LIST,
+    AU_NAMES,
+    BU4DFE_FOLDERS,
+    BU4DFE_LANDMARK_DIR,
+    EMOTION_CODES,
+    EXPRESSIONS,
+    LABELS_FILENAME,
+    LANDMARK_GROUPS,
+    PROTOTYPES,
+    SyntheticConfig,
+    SyntheticFaceGenerator,
+    write_bu3dfe_tree,
+    write_bu4dfe_tree,
+)
+from modeling_facet.mesh_io import load_landmarks, load_scan
+
+
+BU3DFE_NAME = re.compile(r"^([FM]\d{4})_(AN|DI|FE|HA|SA|SU|NE)(0[0-4])(WH|BL|AE|AM|IN|LA)_(F3D)\.(wrl|bnd)$")
+# Coarse meshes keep the tests fast; everything else is the default (hard) benchmark.
+SMALL = SyntheticConfig(grid_spacing_mm=(4.0, 4.5))
+
+
+def scan_arrays(scan, info):
+    return [scan.vertices, scan.faces, scan.landmarks, scan.landmark_indices, info["aus"]]
+
+
+def assert_same_scans(first, second):
+    for a, b in zip(scan_arrays(*first), scan_arrays(*second)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_public_tables_are_consistent():
+    assert AU_NAMES == tuple(f"AU{n}" for n in AU_LIST) and len(AU_LIST) == 18
+    assert list(EXPRESSIONS) == ["AN", "DI", "FE", "HA", "SA", "SU", "NE"] and EXPRESSIONS["HA"] == "happiness"
+    assert set(PROTOTYPES) == set(EMOTION_CODES) == set(BU4DFE_FOLDERS)
+    assert sorted(i for group in LANDMARK_GROUPS.values() for i in group) == list(range(83))
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"spike_prob": 1.5}, "spike_prob"),
+        ({"intensity_scales": (0.5, 0.4, 0.7, 1.0)}, "intensity_scales"),
+        ({"crop_scale": (0.9, 1.2)}, "crop_scale"),
+        ({"hole_radius_mm": (5.0, 1.0)}, "hole_radius_mm"),
+        ({"sequence_frames": (1, 4)}, "sequence_frames"),
+        ({"pose_sigma_deg": (1.0, 2.0)}, "pose_sigma_deg"),
+        ({"holes_per_scan": -1.0}, "holes_per_scan"),
+    ],
+)
+def test_config_rejects_bad_values(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticConfig(**overrides)
+
+
+def test_bad_requests_are_refused():
+    generator = SyntheticFaceGenerator(SMALL)
+    with pytest.raises(ValueError, match="unknown expression 'XX'"):
+        generator.scan(0, "XX", 1)
+    with pytest.raises(ValueError, match="neutral takes 0"):
+        generator.scan(0, "NE", 2)
+    with pytest.raises(ValueError, match="neutral takes 0"):
+        generator.scan(0, "HA", 0)
+    with pytest.raises(ValueError, match="six emotions"):
+        generator.sequence(0, "NE")
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        generator.sequence(0, "HA", num_frames=1)
+    with pytest.raises(ValueError, match="subject index"):
+        generator.subject(-1)
+
+
+def test_same_seed_same_scans_in_any_order_and_other_seed_differs():
+    alone = SyntheticFaceGenerator(SMALL).scan(7, "SU", 3)
+    crowded = SyntheticFaceGenerator(SMALL)
+    for subject in range(9):
+        crowded.scan(subject, "HA", 2)
+    assert_same_scans(alone, crowded.scan(7, "SU", 3))
+    assert SyntheticFaceGenerator(SMALL).subject(7) == crowded.subject(7)
+    other = SyntheticFaceGenerator(replace(SMALL, seed=1)).scan(7, "SU", 3)
+    assert other[0].vertices.shape != alone[0].vertices.shape or not np.allclose(other[0].vertices, alone[0].vertices)
+    frames, info = SyntheticFaceGenerator(SMALL).sequence(3, "AN", num_frames=4)
+    again, info_again = SyntheticFaceGenerator(SMALL).sequence(3, "AN", num_frames=4)
+    np.testing.assert_array_equal(info["aus"], info_again["aus"])
+    np.testing.assert_array_equal(frames[-1].vertices, again[-1].vertices)
+
+
+def test_subject_ids_count_each_gender_and_metadata_is_plausible():
+    generator = SyntheticFaceGenerator(SMALL)
+    subjects = [generator.subject(i) for i in range(30)]
+    for gender in "FM":
+        ids = [s["bu3dfe_id"] for s in subjects if s["gender"] == gender]
+        assert ids == [f"{gender}{k:04d}" for k in range(1, len(ids) + 1)]
+    assert {s["gender"] for s in subjects} == {"F", "M"}
+    assert all(s["bu4dfe_id"] == s["bu3dfe_id"][0] + s["bu3dfe_id"][2:] for s in subjects)
+    assert all(s["race"] in ("WH", "BL", "AE", "AM", "IN", "LA") and 18 <= s["age"] <= 70 for s in subjects)
+
+
+def test_each_expression_is_driven_by_its_prototype():
+    generator = SyntheticFaceGenerator(SMALL)
+    for subject in range(4):
+        assert not generator.scan(subject, "NE", 0)[1]["aus"].any()
+        for code in EMOTION_CODES:
+            core, optional = PROTOTYPES[code]
+            aus = generator.scan(subject, code, 4)[1]["aus"]
+            assert all(aus[AU_LIST.index(au)] > 0 for au in core)
+            assert AU_LIST[int(np.argmax(aus))] in {**core, **optional}
+
+
+def test_without_style_variation_only_prototype_aus_are_active():
+    plain = replace(SMALL, optional_au_drop_prob=0.0, extra_au_prob=0.0, secondary_prob=0.0)
+    for code in EMOTION_CODES:
+        aus = SyntheticFaceGenerator(plain).scan(2, code, 3)[1]["aus"]
+        active = {AU_LIST[i] for i in np.flatnonzero(aus)}
+        assert active == set(PROTOTYPES[code][0]) | set(PROTOTYPES[code][1])
+
+
+def test_activations_grow_with_intensity():
+    generator = SyntheticFaceGenerator(SMALL)
+    for code in EMOTION_CODES:
+        aus = np.stack([generator.scan(1, code, level)[1]["aus"] for level in range(1, 5)])
+        assert np.all(np.diff(np.linalg.norm(aus, axis=1)) > 0)
+        assert np.all(np.diff(aus, axis=0) >= 0)
+
+
+def test_sequence_rises_to_an_apex_and_returns_near_neutral():
+    generator = SyntheticFaceGenerator(SMALL)
+    frames, info = generator.sequence(0, "SU")
+    low, high = SMALL.sequence_frames
+    assert low <= len(frames) <= high and info["aus"].shape == (len(frames), len(AU_NAMES))
+    curve, strength = info["intensity_curve"], np.linalg.norm(info["aus"], axis=1)
+    assert info["apex_frame"] == int(np.argmax(strength)) == int(np.argmax(curve))
+    assert curve.max() >= 0.75 and curve[0] <= 0.1 * curve.max() and curve[-1] <= 0.1 * curve.max()
+    assert info["landmark_indices"].shape == (len(frames), 83)
+    assert len({len(frame.vertices) for frame in frames}) == 1  # crop and holes are fixed over a sequence
+    assert len(generator.sequence(0, "SU", num_frames=5)[0]) == 5
+
+
+def test_scans_are_valid_meshes_with_landmarks_on_vertices():
+    generator = SyntheticFaceGenerator(SMALL)
+    for code, level in [("NE", 0), ("SU", 4), ("FE", 1)]:
+        scan, info = generator.scan(3, code, level)
+        assert np.isfinite(scan.vertices).all() and scan.vertices.dtype == np.float32
+        assert scan.faces.min() >= 0 and scan.faces.max() < len(scan.vertices)
+        assert np.unique(scan.faces).size == len(scan.vertices)  # every vertex is used
+        np.testing.assert_array_equal(scan.landmarks, scan.vertices[info["landmark_indices"]])
+        np.testing.assert_array_equal(scan.landmark_indices, info["landmark_indices"])
+    default_size = len(SyntheticFaceGenerator(SyntheticConfig()).scan(0, "NE", 0)[0].vertices)
+    assert 2500 <= default_size <= 6000
+
+
+def test_unposed_face_is_frontal_with_the_nose_tip_in_front():
+    generator = SyntheticFaceGenerator(SMALL.clean())
+    scan, info = generator.scan(5, "NE", 0)
+    assert int(np.argmax(scan.vertices[:, 2])) == info["nose_tip_index"]
+    tip = scan.vertices[info["nose_tip_index"]]
+    for axis, (low, high) in enumerate(SMALL.scanner_offset_mm):
+        assert low <= tip[axis] <= high  # the scanner origin is not at the nose tip
+    landmarks = scan.landmarks
+    x_negative_eye, other_eye = landmarks[list(LANDMARK_GROUPS["eye_x_negative"])], landmarks[list(LANDMARK_GROUPS["eye_x_positive"])]
+    assert x_negative_eye[:, 0].mean() < tip[0] < other_eye[:, 0].mean()
+    mouth, brows = landmarks[list(LANDMARK_GROUPS["mouth"])], landmarks[list(LANDMARK_GROUPS["brow_x_negative"])]
+    assert mouth[:, 1].mean() < tip[1] < x_negative_eye[:, 1].mean() < brows[:, 1].mean()
+
+
+def test_holes_and_crop_remove_vertices():
+    clean = SyntheticFaceGenerator(SMALL.clean()).scan(4, "HA", 2)[0]
+    holey = SyntheticFaceGenerator(replace(SMALL.clean(), holes_per_scan=8.0)).scan(4, "HA", 2)[0]
+    cropped = SyntheticFaceGenerator(replace(SMALL.clean(), crop_scale=(0.7, 0.7))).scan(4, "HA", 2)[0]
+    assert len(holey.vertices) < len(clean.vertices) and len(cropped.vertices) < 0.8 * len(clean.vertices)
+
+
+def test_low_intensity_is_subtle_and_subjects_differ():
+    generator = SyntheticFaceGenerator(replace(SMALL.clean(), intensity_jitter=0.0))
+    neutral = generator.scan(2, "NE", 0)[0].vertices
+    for code in EMOTION_CODES:
+        subtle = np.linalg.norm(generator.scan(2, code, 1)[0].vertices - neutral, axis=1).mean()
+        strong = np.linalg.norm(generator.scan(2, code, 4)[0].vertices - neutral, axis=1).mean()
+        assert subtle < 0.25 * strong
+    first, second = generator.scan(2, "HA", 4), generator.scan(6, "HA", 4)
+    assert not np.allclose(first[1]["aus"], second[1]["aus"])
+    assert first[0].vertices.shape != second[0].vertices.shape or not np.allclose(first[0].vertices, second[0].vertices)
+
+
+def test_default_scans_carry_pose_noise_and_identity_variation():
+    clean = SyntheticFaceGenerator(SMALL.clean())
+    noisy = SyntheticFaceGenerator(SMALL)
+    poses = np.array([noisy.scan(subject, "AN", 3)[1]["pose_deg"] for subject in range(8)])
+    assert np.abs(poses).max() > 2.0 and not clean.scan(0, "AN", 3)[1]["pose_deg"].any()
+    widths = [np.ptp(clean.scan(subject, "NE", 0)[0].vertices[:, 0]) for subject in range(8)]
+    assert np.ptp(widths) > 5.0
+
+
+def read_labels(root):
+    with open(os.path.join(root, LABELS_FILENAME), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_bu3dfe_tree_layout_labels_and_round_trip(tmp_path):
+    root = tmp_path / "BU_3DFE"
+    summary = write_bu3dfe_tree(root, 2, SMALL, progress=False)
+    assert summary["models"] == 50 and len(summary["subjects"]) == 2
+    generator = SyntheticFaceGenerator(SMALL)
+    labels = {row["file"]: row for row in read_labels(root)}
+    assert len(labels) == 50
+    for subject in range(2):
+        meta = generator.subject(subject)
+        names = sorted(os.listdir(root / meta["bu3dfe_id"]))
+        matches = [BU3DFE_NAME.match(name) for name in names]
+        assert all(matches) and len(names) == 50
+        assert {m.group(4) for m in matches} == {meta["race"]} and {m.group(1) for m in matches} == {meta["bu3dfe_id"]}
+        codes = {(m.group(2), int(m.group(3))) for m in matches}
+        assert codes == {("NE", 0)} | {(code, level) for code in EMOTION_CODES for level in range(1, 5)}
+        for code, level in [("NE", 0), ("DI", 3)]:
+            stem = f"{meta['bu3dfe_id']}_{code}{level:02d}{meta['race']}_F3D"
+            scan, info = generator.scan(subject, code, level)
+            read = load_scan(root / meta["bu3dfe_id"] / f"{stem}.wrl")
+            np.testing.assert_allclose(read.vertices, scan.vertices, rtol=1e-5, atol=1e-4)
+            np.testing.assert_array_equal(read.faces, scan.faces)
+            _, points, indices = load_landmarks(root / meta["bu3dfe_id"] / f"{stem}.bnd")
+            np.testing.assert_array_equal(indices, info["landmark_indices"])
+            np.testing.assert_allclose(points, scan.landmarks, atol=1e-5)
+            row = labels[f"{meta['bu3dfe_id']}/{stem}.wrl"]
+            assert (row["subject"], row["expression"], int(row["intensity"])) == (meta["bu3dfe_id"], code, level)
+            assert (row["gender"], row["race"], int(row["age"])) == (meta["gender"], meta["race"], meta["age"])
+            np.testing.assert_allclose([float(row[name]) for name in AU_NAMES], info["aus"], atol=1e-4)
+
+
+def test_worker_processes_write_the_same_tree(tmp_path):
+    write_bu3dfe_tree(tmp_path / "one", 2, SMALL, num_workers=1, progress=False)
+    write_bu3dfe_tree(tmp_path / "two", 2, SMALL, num_workers=2, progress=False)
+    assert read_labels(tmp_path / "one") == read_labels(tmp_path / "two")
+    name = read_labels(tmp_path / "one")[-1]["file"]
+    assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+
+
+def test_bu4dfe_tree_layout_landmark_release_and_labels(tmp_path):
+    config = replace(SMALL, sequence_frames=(3, 4))
+    summary = write_bu4dfe_tree(tmp_path, 2, config, progress=False)
+    assert summary["sequences"] == 12
+    generator = SyntheticFaceGenerator(config)
+    rows = read_labels(tmp_path)
+    assert len(rows) == summary["frames"]
+    for subject in range(2):
+        meta = generator.subject(subject)
+        assert sorted(os.listdir(tmp_path / meta["bu4dfe_id"])) == sorted(BU4DFE_FOLDERS.values())
+        for code, folder in BU4DFE_FOLDERS.items():
+            frames, info = generator.sequence(subject, code)
+            names = sorted(os.listdir(tmp_path / meta["bu4dfe_id"] / folder))
+            assert names == [f"{t:03d}.wrl" for t in range(len(frames))]
+            landmark_folder = tmp_path / BU4DFE_LANDMARK_DIR / meta["bu4dfe_id"] / folder
+            assert sorted(os.listdir(landmark_folder)) == [f"{t:03d}.bnd" for t in range(len(frames))]
+            last = len(frames) - 1
+            read = load_scan(tmp_path / meta["bu4dfe_id"] / folder / f"{last:03d}.wrl")
+            np.testing.assert_allclose(read.vertices, frames[last].vertices, rtol=1e-5, atol=1e-4)
+            _, points, indices = load_landmarks(landmark_folder / f"{last:03d}.bnd")
+            np.testing.assert_array_equal(indices, info["landmark_indices"][last])
+            lines = (landmark_folder / f"{last:03d}.bnd").read_text().splitlines()
+            row_values = (int(indices[0]), *frames[last].landmarks[0].tolist())
+            styles = [style for style in ("%.9g", "%.6f") if lines[0] == ("%d" + f" {style}" * 3) % row_values]
+            assert len(lines) == 83 and len(styles) == 1
+            frame_rows = [row for row in rows if row["file"].startswith(f"{meta['bu4dfe_id']}/{folder}/")]
+            assert [int(row["frame"]) for row in frame_rows] == list(range(len(frames)))
+            np.testing.assert_allclose([float(row["intensity"]) for row in frame_rows], info["intensity_curve"], atol=1e-4)
+            np.testing.assert_allclose([[float(row[n]) for n in AU_NAMES] for row in frame_rows], info["aus"], atol=1e-4)
