@@ -127,7 +127,8 @@ _BND_STYLE_WEIGHTS = np.array([0.83, 0.17])  # share of each style in the real B
 _MODEL_CACHE_SIZE = 4
 
 # Purposes that key the random streams.
-_STREAM_GENDERS, _STREAM_SUBJECT, _STREAM_STYLE, _STREAM_SCAN, _STREAM_SEQUENCE, _STREAM_FILE_STYLE = range(6)
+(_STREAM_GENDERS, _STREAM_SUBJECT, _STREAM_IDENTITY, _STREAM_STYLE, _STREAM_SCAN, _STREAM_SEQUENCE,
+ _STREAM_FILE_STYLE) = range(7)
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ class SyntheticConfig:
         secondary_prob: chance that a subject's expression co-activates a second expression.
         secondary_weight: blend weight of that second expression.
         pose_sigma_deg: standard deviation of yaw, pitch and roll.
-        scanner_offset_mm: per-subject position range of the nose tip in the scanner frame, ((x0, x1), (y0, y1), (z0, z1)).
+        scanner_offset_mm: per-subject range of the nose tip position in the scanner frame,
+            ((x0, x1), (y0, y1), (z0, z1)); the scanner origin is not at the nose tip.
         translation_sigma_mm: per-scan jitter of the head position.
         noise_sigma_mm: per-scan standard deviation of the depth noise (in-plane noise is half of it).
         spike_prob: chance that a scan has spike outliers.
@@ -393,7 +395,8 @@ def _landmark_layout(shape) -> np.ndarray:
     brow = np.column_stack([np.r_[brow_x, brow_x[::-1]], np.r_[brow_y + 2.5, brow_y[::-1] - 2.5]])
     nw, ala = shape.nose_width, shape.ala_spacing
     nose_side = np.array([
-        [-0.6 * nw, ey - 5.0], [-0.8 * nw, 0.5 * ey], [-ala, 0.0], [-ala - 2.0, -5.0], [-ala + 2.0, -9.0], [-4.0, -11.0],
+        [-0.6 * nw, ey - 5.0], [-0.8 * nw, 0.5 * ey], [-ala, 0.0],
+        [-ala - 2.0, -5.0], [-ala + 2.0, -9.0], [-4.0, -11.0],
     ])
     nose = np.vstack([nose_side, nose_side[::-1] * [-1.0, 1.0]])
     upper = np.deg2rad([180.0, 150.0, 120.0, 90.0, 60.0, 30.0, 0.0])
@@ -615,8 +618,7 @@ class SyntheticFaceGenerator:
             return self._models[index]
         config = self.config
         meta = self.subject(index)
-        rng = _rng(config.seed, _STREAM_SUBJECT, index)
-        rng.random(2)  # the race and age draws of subject()
+        rng = _rng(config.seed, _STREAM_IDENTITY, index)
         shape = _sample_shape(rng, meta["gender"], meta["race"], meta["age"], config)
         x, y, triangles = _face_grid(shape, _uniform(rng, config.grid_spacing_mm))
         z = _neutral_height(x, y, shape)

@@ -165,10 +165,11 @@ def test_unposed_face_is_frontal_with_the_nose_tip_in_front():
     for axis, (low, high) in enumerate(SMALL.scanner_offset_mm):
         assert low <= tip[axis] <= high  # the scanner origin is not at the nose tip
     landmarks = scan.landmarks
-    x_negative_eye, other_eye = landmarks[list(LANDMARK_GROUPS["eye_x_negative"])], landmarks[list(LANDMARK_GROUPS["eye_x_positive"])]
-    assert x_negative_eye[:, 0].mean() < tip[0] < other_eye[:, 0].mean()
-    mouth, brows = landmarks[list(LANDMARK_GROUPS["mouth"])], landmarks[list(LANDMARK_GROUPS["brow_x_negative"])]
-    assert mouth[:, 1].mean() < tip[1] < x_negative_eye[:, 1].mean() < brows[:, 1].mean()
+    centre = {name: landmarks[list(rows)].mean(axis=0) for name, rows in LANDMARK_GROUPS.items()}
+    assert centre["eye_x_negative"][0] < tip[0] < centre["eye_x_positive"][0]
+    assert centre["brow_x_negative"][0] < tip[0] < centre["brow_x_positive"][0]
+    heights = [centre[name][1] for name in ("contour", "mouth", "eye_x_negative", "brow_x_negative")]
+    assert heights[0] < heights[1] < tip[1] < heights[2] < heights[3]
 
 
 def test_holes_and_crop_remove_vertices():
@@ -269,5 +270,7 @@ def test_bu4dfe_tree_layout_landmark_release_and_labels(tmp_path):
             assert len(lines) == 83 and len(styles) == 1
             frame_rows = [row for row in rows if row["file"].startswith(f"{meta['bu4dfe_id']}/{folder}/")]
             assert [int(row["frame"]) for row in frame_rows] == list(range(len(frames)))
-            np.testing.assert_allclose([float(row["intensity"]) for row in frame_rows], info["intensity_curve"], atol=1e-4)
-            np.testing.assert_allclose([[float(row[n]) for n in AU_NAMES] for row in frame_rows], info["aus"], atol=1e-4)
+            curve = [float(row["intensity"]) for row in frame_rows]
+            np.testing.assert_allclose(curve, info["intensity_curve"], atol=1e-4)
+            activations = [[float(row[name]) for name in AU_NAMES] for row in frame_rows]
+            np.testing.assert_allclose(activations, info["aus"], atol=1e-4)
