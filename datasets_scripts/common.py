@@ -19,7 +19,7 @@ rendering configs), so a view-setting change never reuses a stale cache; and on 
 (relative paths, sizes and modification times of every file under ``data_dir``), so edited or added files are
 picked up. A second ``download_and_prepare`` with the same settings reuses the cache without rendering.
 ``download_and_prepare(num_proc=N)`` renders in N processes (examples are list-valued gen_kwargs shards), each
-with one torch thread; the progress bar is datasets' "Generating <split> split" bar, with the example total
+with one torch thread (forked, or spawned for the OpenGL ``pyrender`` backend); the progress bar is datasets' "Generating <split> split" bar, with the example total
 known up front.
 
 Bad files. A scan or landmark file that cannot be read stops preparation with its ``ScanFormatError`` (the
@@ -30,6 +30,7 @@ message names the file). With ``skip_bad_files=True`` the example is skipped ins
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
 import dataclasses
 import glob
@@ -42,6 +43,7 @@ import uuid
 from typing import Optional
 
 import datasets
+import multiprocess
 import numpy as np
 import torch
 from datasets.exceptions import DatasetGenerationError
@@ -457,10 +459,25 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
         for path in partials:
             os.remove(path)
 
-    def download_and_prepare(self, *args, **kwargs):
+    @contextlib.contextmanager
+    def _worker_start_method(self, num_proc: Optional[int]):
+        """Spawn (not fork) the workers that render with OpenGL: a process forked after its parent drew with EGL
+        hangs in the driver."""
+        if not (self.config.render and self.config.backend == "pyrender" and num_proc and num_proc > 1):
+            yield
+            return
+        previous = multiprocess.get_start_method(allow_none=True)
+        multiprocess.set_start_method("spawn", force=True)
+        try:
+            yield
+        finally:
+            multiprocess.set_start_method(previous, force=True)
+
+    def download_and_prepare(self, *args, num_proc: Optional[int] = None, **kwargs):
         """Prepare the dataset (or reuse the cache), then report the files skipped with ``skip_bad_files=True``."""
         self._main_pid = os.getpid()
-        super().download_and_prepare(*args, **kwargs)
+        with self._worker_start_method(num_proc):
+            super().download_and_prepare(*args, num_proc=num_proc, **kwargs)
         self._merge_partial_reports()
         skipped = self.bad_files
         if skipped:

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import shutil
+from collections import Counter
 
 import datasets
 import numpy as np
@@ -109,6 +110,16 @@ def test_bu3dfe_protocols_and_subject_independent_folds(tmp_path):
     assert test == set(bu3dfe_folds(list(BU3DFE_RACES), 3, seed=7)[1])
     assert train == set(BU3DFE_RACES) - test
     assert {row["fold"] for row in split["test"].to_list()} == {1}
+
+
+def test_bu3dfe_standard_protocol_draws_60_of_more_subjects(tmp_path):
+    races = {f"{'FM'[i % 2]}{i:04d}": "WH" for i in range(1, 62)}
+    root = write_bu3dfe(tmp_path / "BU_3DFE", races=races, models=[("NE", 0), ("AN", 3)])
+    _, splits = prepare(BU3DFE, root, tmp_path / "cache", "scans", seed=5)
+    rows = splits["train"].to_list()
+    assert len(rows) == 60 and {row["expression"] for row in rows} == {0}
+    assert {row["subject"] for row in rows} == {s for fold in bu3dfe_folds(list(races), 10, seed=5) for s in fold}
+    assert sorted(Counter(row["fold"] for row in rows).values()) == [6] * 10
 
 
 def test_bu3dfe_inconsistent_race_names_the_files(tmp_path):
@@ -255,6 +266,21 @@ def test_views_with_two_processes_match_one_process_and_report_bad_files(tmp_pat
     skipping = BU3DFE(cache_dir=str(tmp_path / "three"), skip_bad_files=True, **settings)
     skipping.download_and_prepare(num_proc=2)
     assert len(skipping.as_dataset()["train"]) == 5 and len(skipping.bad_files) == 1
+
+
+@pytest.mark.timeout(240)
+def test_opengl_views_with_two_processes_after_rendering_in_this_process(tmp_path):
+    """Forked workers of a process that already drew with EGL would hang; the pyrender backend spawns them."""
+    root = write_bu3dfe(tmp_path / "BU_3DFE", races={"F0001": "WH", "M0002": "AE"}, models=SMALL_MODELS)
+    settings = dict(config_name="views", data_dir=str(root), protocol="all7", num_folds=2, views=[[0, 0]],
+                    image_size=16, backend="pyrender")  # fmt: skip
+    single = BU3DFE(cache_dir=str(tmp_path / "one"), **settings)
+    single.download_and_prepare()
+    double = BU3DFE(cache_dir=str(tmp_path / "two"), **settings)
+    double.download_and_prepare(num_proc=2)
+    one, two = (builder.as_dataset()["train"].with_format("numpy")["pixel_values"][:] for builder in (single, double))
+    assert one.shape == (6, 1, 5, 16, 16) and np.ptp(one) > 0
+    np.testing.assert_allclose(two, one, atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------------------ Bosphorus
