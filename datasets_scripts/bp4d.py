@@ -106,6 +106,10 @@ def _task_example(subject: str, task: str, folder: str, au_path: str, landmark_f
     au_frames, codes = read_au_occurrence(au_path)
     mesh_frames = au_frames - 1
     has_mesh = np.isin(mesh_frames, list(meshes))
+    if not has_mesh.any():
+        raise MissingDataError(
+            f"none of the AU-coded frames of {au_path} (meshes {mesh_frames.min()}..{mesh_frames.max()}) is in {folder}"
+        )
     if not has_mesh.all():
         logger.warning(f"{au_path}: {int((~has_mesh).sum())} AU-coded frame(s) have no mesh in {folder}; they are left out")
     landmarks = dict(numbered_frames(landmark_folder, (".tbnd",))) if os.path.isdir(landmark_folder) else {}

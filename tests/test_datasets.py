@@ -589,6 +589,10 @@ def test_bp4d_missing_au_file_unknown_task_and_unknown_subject(tmp_path):
     with pytest.raises(LabelError, match="T9: unknown task folder"):
         prepare(BP4D, root, tmp_path / "cache", "frames")
     (root / "Sequences(2D+3D)" / "F001" / "T9").rmdir()
+    write_au_csv(root / "AUCoding" / "AU_OCC" / "F007_T8.csv", 100, 3, "\n")
+    with pytest.raises(MissingDataError, match=r"none of the AU-coded frames of .*F007_T8.csv \(meshes 99..101\)"):
+        prepare(BP4D, root, tmp_path / "cache", "frames")
+    write_au_csv(root / "AUCoding" / "AU_OCC" / "F007_T8.csv", 1, 3, "\n")
     shutil.copytree(root / "Sequences(2D+3D)" / "F007", root / "Sequences(2D+3D)" / "F099")
     shutil.copy(root / "AUCoding" / "AU_OCC" / "F007_T8.csv", root / "AUCoding" / "AU_OCC" / "F099_T8.csv")
     with pytest.raises(LabelError, match="F099 are not among the 41 BP4D-Spontaneous subjects"):
