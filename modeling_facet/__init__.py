@@ -1,7 +1,8 @@
 """FACET-VLM: 3D/4D facial expression recognition with a vision-language model, for the HuggingFace ecosystem.
 
 Importing this package registers the FACET-VLM classes with the transformers Auto classes, and marks them for
-remote code so that `save_pretrained` writes the modeling files next to the weights.
+remote code so that `save_pretrained` writes the modeling files next to the weights, and registers the
+"zero-shot-facial-expression-classification" pipeline task.
 """
 
 from transformers import (
@@ -15,6 +16,7 @@ from transformers import (
 from .configuration_facet import FacetVLMConfig
 from .image_processing_facet import FacetMeshImageProcessor
 from .modeling_facet import FacetVLMForExpressionRecognition, FacetVLMModel, FacetVLMPreTrainedModel
+from .pipeline_facet import ZeroShotFacialExpressionClassificationPipeline, register_pipeline
 from .processing_facet import FacetVLMProcessor
 
 
@@ -28,6 +30,7 @@ AutoImageProcessor.register(FacetVLMConfig, image_processor_classes={"pil": Face
 AutoProcessor.register(FacetVLMConfig, FacetVLMProcessor, exist_ok=True)
 FacetMeshImageProcessor.register_for_auto_class()
 FacetVLMProcessor.register_for_auto_class()
+register_pipeline()
 
 __all__ = [
     "FacetMeshImageProcessor",
@@ -36,4 +39,5 @@ __all__ = [
     "FacetVLMModel",
     "FacetVLMPreTrainedModel",
     "FacetVLMProcessor",
+    "ZeroShotFacialExpressionClassificationPipeline",
 ]

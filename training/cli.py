@@ -59,6 +59,36 @@ def _demo(args):
     run_demo(args.output, num_subjects=args.subjects, epochs=args.epochs)
 
 
+def _label_list(text):
+    from modeling_facet.pipeline_facet import parse_candidate_labels
+
+    try:
+        return parse_candidate_labels(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _predict(args):
+    from modeling_facet.pipeline_facet import load_pipeline
+
+    options = dict(candidate_labels=args.labels, top_k=args.top_k, multi_label=args.multi_label,
+                   return_view_weights=args.view_weights or None, hypothesis_template=args.hypothesis_template)
+    pipe = load_pipeline(args.model)
+    results = pipe(list(args.files), batch_size=args.batch_size,
+                   **{key: value for key, value in options.items() if value is not None})  # fmt: skip
+    if args.json:
+        print(json.dumps(results[0] if len(args.files) == 1 else dict(zip(args.files, results)), indent=2))
+        return
+    for path, result in zip(args.files, results):
+        ranked = result["labels"] if args.view_weights else result
+        print(f"{path}: " + ", ".join(f"{item['label']} {item['score']:.3f}" for item in ranked))
+        if args.view_weights:
+            views = [f"({yaw:g}, {pitch:g})" for yaw, pitch in result["views"]]
+            for frame, (weights, frame_weight) in enumerate(zip(result["view_weights"], result["frame_weights"])):
+                shares = " | ".join(f"{view} {weight:.3f}" for view, weight in zip(views, weights))
+                print(f"  frame {frame} (weight {frame_weight:.3f}) views: {shares}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.train import add_arguments
 
@@ -103,6 +133,20 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("file")
     inspect.add_argument("--json", action="store_true")
     inspect.set_defaults(handler=_inspect)
+
+    predict = commands.add_parser("predict", help="Zero-shot expression scores of scans or sequences (the pipeline).")
+    predict.add_argument("model", help="a FACET-VLM folder or Hub repo id")
+    predict.add_argument("files", nargs="+", help="scan files or frame folders (4D)")
+    predict.add_argument("--labels", type=_label_list, help="comma-separated labels (default: the model's classes)")
+    predict.add_argument("--json", action="store_true")
+    predict.add_argument("--top-k", type=int)
+    predict.add_argument("--multi-label", action=argparse.BooleanOptionalAction, default=None,
+                         help="independent sigmoid scores (default: the model's problem type)")
+    predict.add_argument("--view-weights", action="store_true", help="also print the CVSA view and frame weights")
+    predict.add_argument("--hypothesis-template", help='prompt template with one {}, e.g. "a {} face"')
+    predict.add_argument("--batch-size", type=int, default=1)
+    predict.set_defaults(handler=_predict)
+
     return parser
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from modeling_facet.pipeline_facet import load_pipeline
+
 from .train import TrainConfig, train
 
 
@@ -38,26 +40,12 @@ def held_out_scan(cfg: TrainConfig) -> tuple[str, str]:
     return row["scan_path"], names[row["expression"]]
 
 
-def classify(model_dir, scan_path, labels) -> list[dict]:
-    """Scores of `labels` for one scan with the saved model: the same path as `facet-vlm predict`."""
-    import torch
-
-    from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
-
-    model = FacetVLMForExpressionRecognition.from_pretrained(model_dir).eval()
-    processor = FacetVLMProcessor.from_pretrained(model_dir)
-    with torch.no_grad():
-        probabilities = model(**processor(scans=scan_path, labels=labels, return_tensors="pt")).logits.softmax(-1)[0]
-    return sorted(({"label": label, "score": float(p)} for label, p in zip(labels, probabilities)),
-                  key=lambda item: -item["score"])  # fmt: skip
-
-
 def run_demo(output="outputs/demo", num_subjects: int = 100, epochs: int | None = None) -> dict:
     cfg = demo_config(output, num_subjects, epochs)
     metrics = train(cfg)
     model_dir = Path(cfg.output) / "model"
     scan, truth = held_out_scan(cfg)
-    scores = classify(model_dir, scan, metrics["labels"])
+    scores = load_pipeline(model_dir)(scan, candidate_labels=metrics["labels"])  # as `facet-vlm predict` does
     summary = {
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "test_samples": metrics["num_samples"],
         "train_seconds": round(metrics["train_seconds"], 1), "confusion_matrix_png": str(Path(cfg.output) / "confusion_matrix.png"),
