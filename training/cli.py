@@ -89,6 +89,34 @@ def _predict(args):
                 print(f"  frame {frame} (weight {frame_weight:.3f}) views: {shares}")
 
 
+def _publish_model(args):
+    from training.publish import print_report, publish_model
+
+    print_report(publish_model(args.model_dir, args.repo_id, private=args.private, revision=args.revision,
+                               dry_run=args.dry_run, output=args.output, metrics=args.metrics,
+                               commit_message=args.commit_message))  # fmt: skip
+
+
+def _publish_dataset(args):
+    from training.publish import print_report, publish_dataset_card
+
+    synthetic = {key: value for key, value in dict(num_subjects=args.num_subjects, num_folds=args.num_folds,
+                 data_seed=args.data_seed, image_size=args.image_size, cache_dir=args.cache_dir).items()
+                 if value is not None}  # fmt: skip
+    print_report(publish_dataset_card(args.name, args.repo_id, private=args.private, revision=args.revision,
+                                      dry_run=args.dry_run, output=args.output, commit_message=args.commit_message,
+                                      **synthetic))  # fmt: skip
+
+
+def _add_push_arguments(parser):
+    parser.add_argument("--repo-id", required=True, help="user/name on the Hub")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--revision", help="branch to push to (created from main if missing)")
+    parser.add_argument("--dry-run", action="store_true", help="only write the repository folder; push nothing")
+    parser.add_argument("--output", help="empty folder for the repository files (default: a temporary folder)")
+    parser.add_argument("--commit-message")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.train import add_arguments
 
@@ -147,6 +175,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=1)
     predict.set_defaults(handler=_predict)
 
+    publish = commands.add_parser("publish", help="Push a trained model, its code and model card to the Hub.")
+    publish.add_argument("model_dir")
+    publish.add_argument("--metrics", help="metrics.json of the run (default: next to MODEL_DIR)")
+    _add_push_arguments(publish)
+    publish.set_defaults(handler=_publish_model)
+
+    publish_dataset = commands.add_parser(
+        "publish-dataset", help="Push a benchmark's card and builder code (and the synthetic data) to the Hub."
+    )
+    publish_dataset.add_argument("name", help="bu3dfe, bosphorus, bu4dfe, bp4d, fourdme or synthetic")
+    publish_dataset.add_argument("--num-subjects", type=int, help="synthetic: subjects to generate (default 10)")
+    publish_dataset.add_argument("--num-folds", type=int, help="synthetic: subject-independent folds")
+    publish_dataset.add_argument("--data-seed", type=int, help="synthetic: generator seed")
+    publish_dataset.add_argument("--image-size", type=int, help="synthetic: side of the rendered views")
+    publish_dataset.add_argument("--cache-dir", help="synthetic: builder cache folder")
+    _add_push_arguments(publish_dataset)
+    publish_dataset.set_defaults(handler=_publish_dataset)
     return parser
 
 

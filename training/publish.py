@@ -1,0 +1,617 @@
+"""Publishing to the Hugging Face Hub: `facet-vlm publish` (a trained model) and `facet-vlm publish-dataset`.
+
+A model repository holds config.json (with `auto_map` and `custom_pipelines`), the safetensors weights, the
+processor and tokenizer files, the remote code (model, processor, renderer, prompts, pipeline) and README.md: the
+model card rendered from the top-level `model_card.md` template with the training results (model-index metadata
+included). A dataset repository holds the benchmark's `datasets` builder code and a dataset card that says how to
+obtain the data from its owners and load it with the builder; the licensed data itself is never uploaded. For the
+synthetic benchmark, which this package generates, the data is uploaded as Parquet files as well.
+
+`--dry-run` only writes the repository folder; otherwise it is pushed with `huggingface_hub` (`create_repo`, then
+`create_branch` for a revision other than main, then `upload_folder`), using the token of `HF_TOKEN` or
+`huggingface-cli login`.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import math
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData
+
+
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+PIPELINE_TAG = "zero-shot-image-classification"
+TASK_NAME = "3D/4D facial expression recognition"
+PARQUET_CONFIGS = ("scans", "views")
+MAX_PARQUET_SHARD_BYTES = 500 << 20  # the Hub's recommended upper size of a Parquet file
+_REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """What a card says about a benchmark: its builder, owners, where to get it, its license and citation."""
+
+    name: str
+    builder: str  # "datasets_scripts.<module>:<Class>"
+    owners: str
+    obtain: str
+    license: str
+    homepage: str | None
+    citation: str | None
+
+    @property
+    def module(self) -> str:
+        return self.builder.split(":")[0]
+
+    @property
+    def key(self) -> str:
+        return self.module.rsplit(".", 1)[1]
+
+    @property
+    def licensed(self) -> bool:
+        return self.license == "other"
+
+    def builder_class(self):
+        module, name = self.builder.split(":")
+        return getattr(importlib.import_module(module), name)
+
+
+_BINGHAMTON = (
+    "Request it from Binghamton University (Prof. Lijun Yin's group) through the database's web page: a license "
+    "agreement signed by a permanent faculty member or researcher of the requesting institution is required, and "
+    "the data may not be redistributed."
+)
+BENCHMARKS = {
+    benchmark.key: benchmark
+    for benchmark in (
+        Benchmark(
+            name="BU-3DFE", builder="datasets_scripts.bu3dfe:BU3DFE", owners="Binghamton University (Lijun Yin et al.)",
+            obtain=_BINGHAMTON, license="other",
+            homepage="https://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html",
+            citation="""@inproceedings{yin2006bu3dfe,
+  title     = {A {3D} Facial Expression Database for Facial Behavior Research},
+  author    = {Yin, Lijun and Wei, Xiaozhou and Sun, Yi and Wang, Jun and Rosato, Matthew J.},
+  booktitle = {7th International Conference on Automatic Face and Gesture Recognition (FGR06)},
+  pages     = {211--216},
+  year      = {2006}
+}""",
+        ),
+        Benchmark(
+            name="Bosphorus", builder="datasets_scripts.bosphorus:Bosphorus",
+            owners="Bogazici University (Arman Savran, Bulent Sankur, Lale Akarun et al.)",
+            obtain="Request it from Bogazici University through the Bosphorus database web page and sign its license "
+                   "agreement (research use only, no redistribution).",
+            license="other", homepage="http://bosphorus.ee.boun.edu.tr/default.aspx",
+            citation="""@inproceedings{savran2008bosphorus,
+  title     = {Bosphorus Database for {3D} Face Analysis},
+  author    = {Savran, Arman and Aly{\\"u}z, Ne{\\c{s}}e and Dibeklio{\\u{g}}lu, Hamdi and {\\c{C}}eliktutan, Oya and G{\\"o}kberk, Berk and Sankur, B{\\"u}lent and Akarun, Lale},
+  booktitle = {Biometrics and Identity Management (BioID 2008)},
+  series    = {Lecture Notes in Computer Science},
+  volume    = {5372},
+  pages     = {47--56},
+  publisher = {Springer},
+  year      = {2008}
+}""",
+        ),
+        Benchmark(
+            name="BU-4DFE", builder="datasets_scripts.bu4dfe:BU4DFE", owners="Binghamton University (Lijun Yin et al.)",
+            obtain=_BINGHAMTON, license="other",
+            homepage="https://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html",
+            citation="""@inproceedings{yin2008bu4dfe,
+  title     = {A High-Resolution {3D} Dynamic Facial Expression Database},
+  author    = {Yin, Lijun and Chen, Xiaochen and Sun, Yi and Worm, Tony and Reale, Michael},
+  booktitle = {8th IEEE International Conference on Automatic Face and Gesture Recognition (FG 2008)},
+  year      = {2008}
+}""",
+        ),
+        Benchmark(
+            name="BP4D-Spontaneous", builder="datasets_scripts.bp4d:BP4D",
+            owners="Binghamton University and the University of Pittsburgh (Xing Zhang, Lijun Yin, Jeffrey Cohn et al.)",
+            obtain=_BINGHAMTON, license="other",
+            homepage="https://www.cs.binghamton.edu/~lijun/Research/3DFE/3DFE_Analysis.html",
+            citation="""@article{zhang2014bp4d,
+  title   = {{BP4D-Spontaneous}: a high-resolution spontaneous {3D} dynamic facial expression database},
+  author  = {Zhang, Xing and Yin, Lijun and Cohn, Jeffrey F. and Canavan, Shaun and Reale, Michael and Horowitz, Andy and Liu, Peng and Girard, Jeffrey M.},
+  journal = {Image and Vision Computing},
+  volume  = {32},
+  number  = {10},
+  pages   = {692--706},
+  year    = {2014}
+}""",
+        ),
+        Benchmark(
+            name="4DME", builder="datasets_scripts.fourdme:FourDME",
+            owners="the University of Oulu, Center for Machine Vision and Signal Analysis (Xiaobai Li, Guoying Zhao et al.)",
+            obtain="Request it from its authors at the University of Oulu (see the 4DME paper) and sign their license "
+                   "agreement; arrange the clips in the layout described under Dataset Structure.",
+            license="other", homepage=None,
+            citation="""@article{li2022fourdme,
+  title   = {{4DME}: A Spontaneous {4D} Micro-Expression Dataset With Multimodalities},
+  author  = {Li, Xiaobai and Cheng, Shiyang and Li, Yante and Behzad, Muzammil and Shen, Jie and Zafeiriou, Stefanos and Pantic, Maja and Zhao, Guoying},
+  journal = {IEEE Transactions on Affective Computing},
+  year    = {2022}
+}""",
+        ),
+        Benchmark(
+            name="SyntheticFaces", builder="datasets_scripts.synthetic:SyntheticFaces",
+            owners="the FACET-VLM package (procedurally generated; no real person is depicted)",
+            obtain="Nothing to obtain: the Parquet files of this repository hold the data, and the package generates "
+                   "more with any number of subjects and seeds.",
+            license="apache-2.0", homepage=None, citation=None,
+        ),
+    )
+}  # fmt: skip
+
+
+def benchmark_of(dataset: str) -> Benchmark:
+    """The benchmark of a training dataset name ("bu3dfe", "synthetic_aus", "bp4d_emotions", ...) or of a builder
+    module name ("synthetic", "fourdme")."""
+    from .data import DATASETS
+
+    key = DATASETS[dataset].builder.split(":")[0].rsplit(".", 1)[1] if dataset in DATASETS else dataset
+    if key not in BENCHMARKS:
+        raise ValueError(f"Unknown dataset {dataset!r}; choose one of {sorted(set(DATASETS) | set(BENCHMARKS))}.")
+    return BENCHMARKS[key]
+
+
+def check_repo_id(repo_id: str) -> str:
+    """Returns `repo_id` if it has the form "namespace/name"; raises ValueError otherwise."""
+    if not isinstance(repo_id, str) or not _REPO_ID.fullmatch(repo_id) or ".." in repo_id:
+        raise ValueError(f"repo_id must look like 'user/name' (letters, digits, '-', '_', '.'); got {repo_id!r}.")
+    return repo_id
+
+
+# ---------------------------------------------------------------------------------------------------- results
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_training_results(model_dir, metrics=None) -> dict | None:
+    """The results of the run that produced `model_dir`: its metrics.json (by default next to the model folder,
+    where `facet-vlm train` writes it), with train_config.json beside it and cv_metrics.json (cross-validation)
+    beside it or one folder up. None when there are no metrics."""
+    if metrics is not None:
+        metrics = Path(metrics)
+        if not metrics.is_file():
+            raise FileNotFoundError(f"Metrics file {metrics} does not exist.")
+    else:
+        metrics = Path(model_dir).resolve().parent / "metrics.json"
+        if not metrics.is_file():
+            return None
+    folder = metrics.parent
+    return {
+        "metrics": _read_json(metrics),
+        "train_config": _read_json(folder / "train_config.json") or {},
+        "cv": _read_json(folder / "cv_metrics.json") or _read_json(folder.parent / "cv_metrics.json"),
+    }
+
+
+def _headline_metrics(metrics: dict) -> list:
+    """(metric type, display name, value, metric args) of the single-label or multi-label metrics present."""
+    candidates = (
+        ("accuracy", "accuracy", "Accuracy", None),
+        ("macro_f1", "f1", "Macro F1", {"average": "macro"}),
+        ("mean_f1", "f1", "Mean F1 over labels", {"average": "macro"}),
+    )
+    return [(kind, name, round(float(metrics[key]), 4), args)
+            for key, kind, name, args in candidates if metrics.get(key) is not None]  # fmt: skip
+
+
+def _fold_scheme(settings: dict, fold, cv: dict | None) -> str:
+    num_folds, seed = settings.get("num_folds"), settings.get("seed")
+    scheme = f"{num_folds} subject-independent folds" if num_folds else "subject-independent folds"
+    scheme += f" (fold seed {seed})" if seed is not None else ""
+    scheme += f"; all {len(cv['folds'])} folds were trained and tested" if cv else f"; tested on fold {fold}"
+    if settings.get("test_intensities"):
+        scheme += f", test intensities {', '.join(map(str, settings['test_intensities']))}"
+    return scheme
+
+
+def _evaluation(results: dict) -> tuple:
+    """(EvalResults for the model-index, result rows for the card, detail tables, training summary)."""
+    metrics, settings, cv = results["metrics"], results["train_config"], results["cv"]
+    dataset = metrics.get("dataset") or settings.get("dataset")
+    if dataset is None:
+        raise ValueError("The metrics (and train_config.json beside them) name no dataset: add a 'dataset' field.")
+    benchmark = benchmark_of(dataset)
+    protocol = metrics.get("protocol") or settings.get("protocol")
+    fold = metrics.get("fold", settings.get("fold"))
+    scheme = _fold_scheme(settings, fold, cv)
+    task = dict(task_type=PIPELINE_TAG, task_name=TASK_NAME)
+    evals, rows = [], []
+
+    def add(bench, dataset_name, split, config, args, entries):
+        for kind, name, value, metric_args in entries:
+            evals.append(EvalResult(**task, dataset_type=bench.key, dataset_name=dataset_name, dataset_split=split,
+                                    dataset_config=config, dataset_args=args, metric_type=kind, metric_name=name,
+                                    metric_value=value, metric_args=metric_args))  # fmt: skip
+            rows.append({"dataset_name": dataset_name, "split": split, "metric_name": name, "value": value})
+
+    # The model-index groups results by (dataset type, config, split), so the config names the fold scheme.
+    fold_args = {"fold": fold, "num_folds": settings.get("num_folds"), "seed": settings.get("seed")}
+    add(benchmark, f"{benchmark.name}, {protocol} protocol, fold {fold}", "test", f"{protocol}, fold {fold}",
+        fold_args, _headline_metrics(metrics))
+    if cv and cv.get("accuracy_mean") is not None:
+        folds = len(cv["folds"])
+        name = f"Accuracy (mean over {folds} folds, std {cv['accuracy_std']:.4f})"
+        add(benchmark, f"{benchmark.name}, {protocol} protocol, cross-validation", "test",
+            f"{protocol}, {folds}-fold cross-validation", {"num_folds": folds, "seed": settings.get("seed")},
+            [("accuracy", name, round(float(cv["accuracy_mean"]), 4), None)])
+    cross = metrics.get("cross_dataset")
+    if cross:
+        other = benchmark_of(settings.get("eval_dataset") or cross.get("dataset"))
+        eval_protocol = settings.get("eval_protocol", "all")
+        add(other, f"{other.name}, {eval_protocol} protocol (cross-dataset, trained on {benchmark.name})", "all",
+            eval_protocol, None, _headline_metrics(cross))
+
+    tables = []
+    for key, title, column in (("per_class_recall", "Per-class recall on the test fold", "recall"),
+                               ("per_label_f1", "Per-label F1 on the test fold", "F1")):  # fmt: skip
+        if metrics.get(key):
+            rows_of = [[label, f"{value:.4f}"] for label, value in zip(metrics["labels"], metrics[key])]
+            tables.append({"title": title, "header": ["label", column], "rows": rows_of})
+    if cv:
+        columns = [key for key in ("accuracy", "macro_f1", "mean_f1") if key in cv["folds"][0]]
+        tables.append({"title": "Cross-validation folds", "header": ["fold", *columns],
+                       "rows": [[str(item["fold"]), *(f"{item[key]:.4f}" for key in columns)] for item in cv["folds"]]})  # fmt: skip
+    listed = (("preset", "Preset"), ("epochs", "Epochs"), ("batch_size", "Batch size"), ("learning_rate", "Learning rate"),
+              ("train_intensities", "Training intensities"), ("augment_views", "Mixed view augmentation"),
+              ("augment_prompts", "Augmented prompts"))  # fmt: skip
+    training_settings = [(name, settings[key]) for key, name in listed if settings.get(key) is not None]
+    for key, name in (("train_samples", "Training samples"), ("test_samples", "Test samples")):
+        if metrics.get(key) is not None:
+            training_settings.append((name, metrics[key]))
+    training = {
+        "dataset_name": benchmark.name, "protocol": protocol, "fold_scheme": scheme, "settings": training_settings,
+        "synthetic": benchmark.key == "synthetic", "benchmarks": [benchmark] + ([other] if cross else []),
+    }  # fmt: skip
+    return evals, rows, tables, training
+
+
+# ---------------------------------------------------------------------------------------------------- model card
+
+
+def _tower_name(config) -> str:
+    """"`convnext` (stage depths [1, 1, 3, 1], width 256)" or "`bert` (6 layers, width 384)"."""
+    sizes, depths = getattr(config, "hidden_sizes", None), getattr(config, "depths", None)
+    width = sizes[-1] if sizes else config.hidden_size
+    depth = f"stage depths {list(depths)}" if depths else f"{config.num_hidden_layers} layers"
+    return f"`{config.model_type}` ({depth}, width {width})"
+
+
+def model_card(model, repo_id: str, results: dict | None = None, num_templates: int | None = None,
+               template=MODEL_CARD_TEMPLATE) -> ModelCard:  # fmt: skip
+    """The model card of `model` for `repo_id`: `model_card.md` rendered with the model's configuration (every
+    method switch) and, when given, the training results of [`read_training_results`] (also as model-index
+    metadata: dataset, protocol, fold scheme and metric values)."""
+    template = Path(template)
+    if not template.is_file():
+        raise FileNotFoundError(f"Model card template {template} not found (it ships at the top of the FACET-VLM source tree).")
+    check_repo_id(repo_id)
+    config = model.config
+    model_name = repo_id.split("/")[1]
+    labels = [config.id2label[key] for key in sorted(config.id2label, key=int)]
+    evals, rows, tables, training = _evaluation(results) if results else (None, [], [], None)
+    benchmarks = training["benchmarks"] if training else []
+    data = ModelCardData(
+        language="en", license="apache-2.0", library_name="transformers", pipeline_tag=PIPELINE_TAG,
+        tags=["3d", "4d", "facial-expression-recognition", "vision-language", "multiview", "custom_code", "facet-vlm"],
+        datasets=sorted({benchmark.key for benchmark in benchmarks}) or None, metrics=sorted({e.metric_type for e in evals or []}) or None,
+        model_name=model_name, eval_results=evals or None,
+    )  # fmt: skip
+    details = {
+        "vision_tower": _tower_name(config.vision_config), "text_tower": _tower_name(config.text_config),
+        "parameters": f"{model.num_parameters() / 1e6:.1f} M", "num_templates": num_templates or "the processor's",
+    }  # fmt: skip
+    content = jinja2.Template(template.read_text(encoding="utf-8"), undefined=jinja2.StrictUndefined).render(
+        card_data=data.to_yaml(), model_name=model_name, repo_id=repo_id, config=config.to_dict(), labels=labels,
+        details=details, training=training, results=rows, detail_tables=tables,
+        dataset_citations=[benchmark.citation for benchmark in benchmarks if benchmark.citation],
+    )  # fmt: skip
+    return ModelCard(content)
+
+
+# ---------------------------------------------------------------------------------------------------- pushing
+
+
+def _fresh_folder(output) -> Path:
+    """`output` (created, and required to be empty) or a new temporary folder."""
+    if output is None:
+        return Path(tempfile.mkdtemp(prefix="facet-vlm-publish-"))
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise FileExistsError(f"{output} is not an empty folder: publish writes a fresh repository folder there; "
+                              "remove it or pass another --output.")  # fmt: skip
+    output.mkdir(parents=True, exist_ok=True)
+    return output
+
+
+def push_folder(folder, repo_id: str, repo_type: str = "model", private: bool = False, revision: str | None = None,
+                commit_message: str | None = None, token=None):  # fmt: skip
+    """Create the repository (kept as it is if it exists: `private` only applies to a new one), create `revision` as
+    a branch when it is not main, and upload `folder` in one commit. Returns the `CommitInfo`."""
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+    if revision and revision != "main":
+        api.create_branch(repo_id, repo_type=repo_type, branch=revision, exist_ok=True)
+    return api.upload_folder(
+        repo_id=repo_id, repo_type=repo_type, folder_path=str(folder), revision=revision,
+        commit_message=commit_message or f"Upload with facet-vlm publish ({repo_type})",
+    )  # fmt: skip
+
+
+def _publish(build, repo_id, repo_type, private, revision, dry_run, output, commit_message, token) -> dict:
+    check_repo_id(repo_id)
+    folder = _fresh_folder(output)
+    try:
+        build(folder)
+        files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
+        report = {"repo_id": repo_id, "repo_type": repo_type, "files": files, "pushed": not dry_run}
+        if dry_run:
+            return {**report, "folder": str(folder)}
+        commit = push_folder(folder, repo_id, repo_type, private, revision, commit_message, token)
+        return {**report, "revision": revision or "main", "private": private, "commit_url": commit.commit_url}
+    finally:
+        if output is None and not dry_run:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def build_model_repo(model_dir, folder, repo_id: str, metrics=None) -> Path:
+    """Write the Hub repository of the FACET-VLM model in `model_dir` into `folder` (see the module docstring)."""
+    from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
+    from modeling_facet.pipeline_facet import save_for_hub
+
+    model = FacetVLMForExpressionRecognition.from_pretrained(model_dir)
+    processor = FacetVLMProcessor.from_pretrained(model_dir)
+    save_for_hub(model, processor, folder)
+    results = read_training_results(model_dir, metrics)
+    model_card(model, repo_id, results, num_templates=len(processor.templates)).save(Path(folder) / "README.md")
+    return Path(folder)
+
+
+def publish_model(model_dir, repo_id: str, *, private: bool = False, revision: str | None = None,
+                  dry_run: bool = False, output=None, metrics=None, commit_message: str | None = None,
+                  token=None) -> dict:  # fmt: skip
+    """Build the model's Hub repository folder ([`build_model_repo`]) and, unless `dry_run`, push it. Returns the
+    files, and the commit URL (pushed) or the folder (dry run; a temporary one unless `output` is given)."""
+    return _publish(lambda folder: build_model_repo(model_dir, folder, repo_id, metrics), repo_id, "model", private,
+                    revision, dry_run, output, commit_message, token)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------- datasets
+
+
+def builder_sources(module: str) -> list:
+    """Source files of a `datasets_scripts` builder module and, recursively, of the package modules it imports
+    with relative imports (plus the package's `__init__.py`), so the copy is importable as `datasets_scripts`."""
+    package = importlib.import_module(module.rsplit(".", 1)[0])
+    root = Path(package.__file__).parent
+    pending, found = [module.rsplit(".", 1)[1]], {"__init__"}
+    while pending:
+        name = pending.pop()
+        if name in found:
+            continue
+        found.add(name)
+        tree = ast.parse((root / f"{name}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                pending.extend([node.module] if node.module else [alias.name for alias in node.names])
+    return sorted(root / f"{name}.py" for name in found)
+
+
+def _relative_path(path):
+    """A scan path inside a BU-3DFE-layout tree as "<subject folder>/<file>" (never a local absolute path)."""
+    return None if not path else "/".join(Path(path).parts[-2:])
+
+
+def _relative_paths(example) -> dict:
+    return {"scan_path": _relative_path(example["scan_path"]), "landmark_path": _relative_path(example["landmark_path"])}
+
+
+def _mesh_columns(example) -> dict:
+    from modeling_facet.mesh_io import load_scan
+
+    scan = load_scan(example["scan_path"])
+    return {"vertices": scan.vertices, "faces": scan.faces}
+
+
+def _with_meshes(dataset):
+    """The dataset with `vertices` / `faces` columns read from each scan."""
+    import datasets
+
+    features = datasets.Features({
+        **dataset.features, "vertices": datasets.Array2D(shape=(None, 3), dtype="float32"),
+        "faces": datasets.Array2D(shape=(None, 3), dtype="int32"),
+    })  # fmt: skip
+    return dataset.map(_mesh_columns, features=features, desc="Reading meshes")
+
+
+def _write_parquet(dataset, folder: Path, split: str) -> list:
+    """Write `dataset` as Parquet shards of at most about MAX_PARQUET_SHARD_BYTES under `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = max(1, math.ceil(dataset.data.nbytes / MAX_PARQUET_SHARD_BYTES))
+    paths = []
+    for index in range(shards):
+        path = folder / f"{split}-{index:05d}-of-{shards:05d}.parquet"
+        dataset.shard(shards, index, contiguous=True).to_parquet(str(path))
+        paths.append(path)
+    return paths
+
+
+def synthetic_parquet(folder, num_subjects: int = 10, num_folds: int | None = None, data_seed: int = 0,
+                      image_size: int | None = None, configs=PARQUET_CONFIGS, cache_dir=None) -> dict:  # fmt: skip
+    """Generate the synthetic benchmark with the SyntheticFaces builder (every scan of every subject, protocol
+    "all7", one train split with a subject-independent `fold` column) and write each config as Parquet under
+    `folder/<config>/`: "scans" with the mesh `vertices` and `faces`, "views" with the rendered `pixel_values`.
+    Returns config name -> row count."""
+    from datasets_scripts.synthetic import SyntheticFaces
+
+    if num_subjects < 2:
+        raise ValueError(f"num_subjects must be at least 2 (subject-independent folds); got {num_subjects}.")
+    unknown = sorted(set(configs) - set(PARQUET_CONFIGS))
+    if unknown:
+        raise ValueError(f"Unknown synthetic configs {unknown}; choose from {PARQUET_CONFIGS}.")
+    settings = dict(num_subjects=num_subjects, data_seed=data_seed, protocol="all7", seed=data_seed,
+                    num_folds=num_folds or min(10, num_subjects))  # fmt: skip
+    counts = {}
+    with tempfile.TemporaryDirectory(prefix="facet-vlm-synthetic-") as scratch:
+        for config in configs:
+            extra = {"image_size": image_size} if config == "views" and image_size else {}
+            builder = SyntheticFaces(config_name=config, cache_dir=cache_dir or scratch, **settings, **extra)
+            builder.download_and_prepare()
+            dataset = builder.as_dataset()["train"]
+            if config == "scans":
+                dataset = _with_meshes(dataset)
+            dataset = dataset.map(_relative_paths, desc="Relative file paths")
+            _write_parquet(dataset, Path(folder) / config, "train")
+            counts[config] = len(dataset)
+    return counts
+
+
+def _size_category(rows: int) -> str:
+    for bound, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K")):
+        if rows < bound:
+            return name
+    return "100K<n<1M"
+
+
+def dataset_card(name: str, repo_id: str, parquet_rows: dict | None = None) -> DatasetCard:
+    """The dataset card of a benchmark: where the data comes from and how to obtain it, how to load it with the
+    builder (and, with `parquet_rows`, from the Parquet configs of this repository), its structure (the builder's
+    documentation) and citation."""
+    benchmark = benchmark_of(name)
+    check_repo_id(repo_id)
+    module = importlib.import_module(benchmark.module)
+    class_name = benchmark.builder.split(":")[1]
+    configs = [config.name for config in benchmark.builder_class().BUILDER_CONFIGS]
+    example_config = "views" if "views" in configs else configs[0]
+    source = f'data_dir="/path/to/{benchmark.name}"' if benchmark.licensed else "num_subjects=100"
+    card_data = DatasetCardData(
+        license=benchmark.license, pretty_name=benchmark.name, task_categories=["image-classification"],
+        tags=["3d", "4d", "facial-expression-recognition", "affective-computing", "facs", "facet-vlm"],
+        **({"license_name": f"{benchmark.key}-license", "license_link": benchmark.homepage}
+           if benchmark.licensed and benchmark.homepage else {}),
+    )  # fmt: skip
+    builder_usage = (
+        f"```python\n# pip install facet-vlm   (the builder code is also under code/ in this repository)\n"
+        f"from {benchmark.module} import {class_name}\n\n"
+        f'builder = {class_name}(config_name="{example_config}", {source}, fold=0)\n'
+        f"builder.download_and_prepare()\ndataset = builder.as_dataset()  # train / test splits of fold 0\n```\n\n"
+        f"Configs: {', '.join(f'`{config}`' for config in configs)}. datasets 5 no longer runs loading scripts, so "
+        "the builder is a class of the package, instantiated directly."
+    )
+    if parquet_rows:
+        card_data.size_categories = [_size_category(sum(parquet_rows.values()))]
+        card_data.configs = [
+            {"config_name": config, "data_files": [{"split": "train", "path": f"{config}/train-*.parquet"}],
+             **({"default": True} if config == "views" else {})} for config in parquet_rows
+        ]  # fmt: skip
+        rows = ", ".join(f"`{config}`: {count} rows" for config, count in parquet_rows.items())
+        description = (
+            f"Procedurally generated 3D faces with known FACS action units, in the layout of BU-3DFE. This repository "
+            f"holds the data as Parquet ({rows}; one `train` split whose `fold` column gives each subject's "
+            f"subject-independent fold), and the builder code that generates it.\n\n"
+            f"```python\nfrom datasets import load_dataset\n\n"
+            f'views = load_dataset("{repo_id}", "views", split="train")   # pixel_values (V, C, H, W)\n'
+            f'scans = load_dataset("{repo_id}", "scans", split="train")   # vertices, faces\n\n'
+            "from transformers import pipeline\n"
+            'classifier = pipeline(model="<a FACET-VLM model>", trust_remote_code=True)\n'
+            'classifier({"vertices": scans[0]["vertices"], "faces": scans[0]["faces"]})\n```\n\n'
+            f"To generate a different set with the package:\n\n{builder_usage}"
+        )
+    else:
+        description = (
+            f"**This repository holds no data.** {benchmark.name} belongs to {benchmark.owners} and is distributed "
+            f"under its owners' license only.\n\n**How to obtain it:** {benchmark.obtain}"
+            + (f" Web page: {benchmark.homepage}" if benchmark.homepage else "")
+            + f"\n\n**How to load it** once you have it, unchanged as its owners ship it:\n\n{builder_usage}"
+        )
+    fields = dict(
+        dataset_summary=f"{benchmark.name} for 3D/4D facial expression recognition with FACET-VLM.",
+        dataset_description=description,
+        curators=benchmark.owners,
+        repo=benchmark.homepage,
+        direct_use="Training and evaluating 3D/4D facial expression and action-unit recognition under the "
+                   "benchmark's subject-independent protocols (the builder's `protocol`, `fold` and `num_folds`).",
+        out_of_scope_use="Identifying people, inferring inner emotional states for decisions about them, and any use "
+                         "the owners' license does not allow.",
+        dataset_structure=f"The `{class_name}` builder's documentation:\n\n```text\n{module.__doc__.strip()}\n```",
+        data_collection_and_processing_section=(
+            "The builder reads the files as their owners ship them (typed errors name any malformed file). Its "
+            "`views` configs clean each scan, centre it on the nose tip, scale it to a fixed face size and render "
+            "the configured (yaw, pitch) views (shaded, depth and surface-normal channels by default); the result is "
+            "cached per view setting and data fingerprint."
+        ),
+        source_data_producers_section=benchmark.owners,
+        personal_and_sensitive_information=(
+            "None: the faces are generated, no real person is depicted." if not benchmark.licensed else
+            "3D face scans are biometric data of the people who were scanned; keep them under the license terms."),
+        bias_risks_limitations="Few subjects, mostly young adults scanned in a laboratory, with posed or elicited "
+                               "expressions; results do not transfer automatically to other populations or settings.",
+        citation_bibtex=benchmark.citation and f"```bibtex\n{benchmark.citation}\n```",
+        dataset_card_authors="The FACET-VLM package (`facet-vlm publish-dataset`).",
+    )  # fmt: skip
+    return DatasetCard.from_template(card_data, **{key: value for key, value in fields.items() if value})
+
+
+def build_dataset_repo(name: str, folder, repo_id: str, **synthetic_settings) -> Path:
+    """Write a benchmark's Hub dataset repository into `folder`: README.md (the card), the builder code under
+    `code/datasets_scripts/` and, for the synthetic benchmark only, its data as Parquet ([`synthetic_parquet`],
+    which takes `synthetic_settings`)."""
+    benchmark = benchmark_of(name)
+    folder = Path(folder)
+    if synthetic_settings and benchmark.licensed:
+        raise ValueError(f"{benchmark.name} is licensed data: only the card and the builder code are published.")
+    code = folder / "code" / "datasets_scripts"
+    code.mkdir(parents=True, exist_ok=True)
+    for source in builder_sources(benchmark.module):
+        shutil.copy2(source, code / source.name)
+    rows = None if benchmark.licensed else synthetic_parquet(folder, **synthetic_settings)
+    dataset_card(name, repo_id, rows).save(folder / "README.md")
+    return folder
+
+
+def publish_dataset_card(name: str, repo_id: str, *, private: bool = False, revision: str | None = None,
+                         dry_run: bool = False, output=None, commit_message: str | None = None, token=None,
+                         **synthetic_settings) -> dict:  # fmt: skip
+    """Build the dataset repository of benchmark `name` ([`build_dataset_repo`]) and, unless `dry_run`, push it as a
+    Hub dataset. Licensed benchmarks get the card and builder code only; "synthetic" also gets its Parquet data."""
+    return _publish(lambda folder: build_dataset_repo(name, folder, repo_id, **synthetic_settings), repo_id,
+                    "dataset", private, revision, dry_run, output, commit_message, token)  # fmt: skip
+
+
+def print_report(report: dict) -> None:
+    """Print what `publish_model` / `publish_dataset_card` did."""
+    where = f"{report['repo_type']} repository {report['repo_id']}"
+    if report["pushed"]:
+        visibility = "private" if report["private"] else "public unless it already existed"
+        print(f"Pushed {len(report['files'])} files to the {where} (revision {report['revision']}, {visibility}): "
+              f"{report['commit_url']}")  # fmt: skip
+    else:
+        print(f"Dry run: wrote the {where} into {report['folder']} ({len(report['files'])} files); nothing was pushed.")
+    for path in report["files"]:
+        print(f"  {path}")
+
+
+__all__ = [
+    "BENCHMARKS",
+    "build_dataset_repo",
+    "build_model_repo",
+    "dataset_card",
+    "model_card",
+    "publish_dataset_card",
+    "publish_model",
+    "push_folder",
+    "read_training_results",
+]
