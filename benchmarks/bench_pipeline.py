@@ -9,8 +9,8 @@ median process CPU time per call (all threads; less sensitive to other work on t
 and the median with one torch thread. The target is a median under 250 ms.
 
 OMP_WAIT_POLICY defaults to PASSIVE here, as in `facet-vlm` (training/__init__.py) and the test session: with
-OpenMP's default spinning waits, the renderer's many small parallel regions were 20-100x slower on this 2-core
-machine whenever other processes kept the cores busy. Export OMP_WAIT_POLICY=ACTIVE to measure the spinning policy.
+OpenMP's spinning waits, the renderer's many small parallel regions ran 3x to 75x slower on this 2-core machine
+while other processes kept its cores busy. Export OMP_WAIT_POLICY=ACTIVE to measure the spinning policy.
 """
 
 from __future__ import annotations
