@@ -64,9 +64,9 @@ def _preset(name: str) -> dict:
         )  # fmt: skip
     if name == "small":
         return dict(
-            vision_config=dict(
-                model_type="convnext", hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 3, 1], patch_size=4,
-                image_size=96, drop_path_rate=0.1,
+            vision_config=dict(  # a ResNet-10: learns from a few hundred scans where a small ConvNeXt collapsed here
+                model_type="resnet", embedding_size=32, hidden_sizes=[32, 64, 128, 256], depths=[1, 1, 1, 1],
+                layer_type="basic",
             ),
             text_config=_minilm_text_config(),
             text_pretrained=MINILM_PACKAGE, freeze_text_tower=True,

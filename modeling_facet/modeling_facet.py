@@ -83,10 +83,22 @@ class FacetVLMExpressionOutput(ModelOutput):
 
 
 def _transformer_encoder(dim: int, heads: int, layers: int) -> nn.TransformerEncoder:
+    """A pre-norm transformer encoder whose residual branches start at zero (`_init_weights`), so it begins as the
+    identity. With the default init the branches outweighed the unit-norm view tokens, and the MLP applied to a static
+    scan's single frame mapped every face to nearly the same embedding: training collapsed to uniform logits."""
     layer = nn.TransformerEncoderLayer(
         dim, heads, dim_feedforward=2 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
     )
+    layer.self_attn.out_proj.zero_init_residual = True
+    layer.linear2.zero_init_residual = True
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+def _contextualise(encoder: nn.TransformerEncoder, tokens: torch.Tensor):
+    """Run the encoder over the token axis; a single token (one view, or a static scan's one frame) has no context
+    and passes unchanged. Over one token the encoder is just a free MLP plus a learned offset, which helped drive
+    training to collapse every face onto one embedding."""
+    return tokens if tokens.shape[1] == 1 else encoder(tokens)
 
 
 class AttentionPooling(nn.Module):
@@ -125,7 +137,7 @@ class CrossViewSemanticAggregation(nn.Module):
     def forward(self, tokens: torch.Tensor):
         """tokens (N, V, d) -> (contextual tokens (N, V, d), view weights (N, V), fused (N, d))."""
         if self.mode == "attention":
-            tokens = self.encoder(tokens)
+            tokens = _contextualise(self.encoder, tokens)
             fused, weights = self.pooling(tokens)
             return tokens, weights, fused
         if self.mode == "weights":
@@ -168,10 +180,11 @@ class TemporalPooling(nn.Module):
             self.pooling = AttentionPooling(dim)
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor):
+        if frames.shape[1] == 1:  # a static scan: nothing to pool over (see `_contextualise`)
+            return frames[:, 0], frame_mask.to(frames.dtype)
         if self.mode == "transformer":
             tokens = frames + self.position_embeddings[: frames.shape[1]].to(frames.dtype)
-            tokens = self.encoder(tokens, src_key_padding_mask=~frame_mask)
-            return self.pooling(tokens, frame_mask)
+            return self.pooling(self.encoder(tokens, src_key_padding_mask=~frame_mask), frame_mask)
         weights = frame_mask.to(frames.dtype)
         weights = weights / weights.sum(dim=1, keepdim=True)
         return (weights.unsqueeze(-1) * frames).sum(dim=1), weights
@@ -190,7 +203,9 @@ class FacetVLMPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         std = self.config.initializer_range
-        if isinstance(module, FacetVLMModel):
+        if getattr(module, "zero_init_residual", False):
+            init.zeros_(module.weight)
+        elif isinstance(module, FacetVLMModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             if module.view_embeddings is not None:
                 init.normal_(module.view_embeddings, std=std)

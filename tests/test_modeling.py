@@ -48,7 +48,7 @@ def test_presets_build_and_configs():
     assert base.vision_config.patch_size == 16 and base.vision_config.hidden_size == 768
     assert base.vision_config.num_channels == 3
     small = FacetVLMConfig.from_preset("small", cvsa="mean")
-    assert small.vision_config.model_type == "convnext" and small.text_config.model_type == "bert"
+    assert small.vision_config.model_type == "resnet" and small.text_config.model_type == "bert"
     assert small.text_pooling == "mean" and small.cvsa == "mean"
     merged = FacetVLMConfig.from_preset("tiny", vision_config={"num_hidden_layers": 1})
     assert merged.vision_config.num_hidden_layers == 1 and merged.vision_config.hidden_size == 32
@@ -72,7 +72,7 @@ def test_static_forward_backward_all_losses():
     torch.testing.assert_close(out.loss, expected)
     out.loss.backward()
     facet = model.facet
-    for module in (facet.vision_towers, facet.text_model, facet.cvsa, facet.mtgf, facet.temporal,
+    for module in (facet.vision_towers, facet.text_model, facet.cvsa, facet.mtgf,
                    facet.visual_projection, facet.text_projection):  # fmt: skip
         assert grad_norm(module) > 0, module.__class__.__name__
     assert facet.logit_scale.grad.abs() > 0
@@ -124,6 +124,7 @@ def test_4d_sequences_with_frame_mask():
     assert (out.frame_weights[~frame_mask] == 0).all()
     torch.testing.assert_close(out.frame_weights.sum(-1), torch.ones(2))
     out.loss.backward()
+    assert grad_norm(model.facet.temporal) > 0
     # Padded frames are ignored: changing their pixels leaves the output unchanged.
     pixels[0, 3] = 100.0
     model.eval()
@@ -434,3 +435,20 @@ def test_frozen_text_tower_is_cached_and_untrained():
     cached = model.facet.get_text_features(ids, mask)
     model.facet._frozen_text_cache.clear()
     torch.testing.assert_close(cached, model.facet.get_text_features(ids, mask))
+
+
+def test_fusion_transformers_start_as_identity_and_skip_single_tokens():
+    model = tiny(temporal="transformer").eval()
+    encoders = [m for m in model.modules() if isinstance(m, torch.nn.TransformerEncoderLayer)]
+    assert encoders and all(e.self_attn.out_proj.weight.abs().sum() == 0 and e.linear2.weight.abs().sum() == 0
+                            for e in encoders)  # fmt: skip
+    tokens = torch.nn.functional.normalize(torch.randn(4, 3, 32), dim=-1)
+    torch.testing.assert_close(model.facet.cvsa.encoder(tokens), tokens)
+    # A static scan's single frame passes the temporal transformer unchanged, whatever its weights.
+    with torch.no_grad():
+        for parameter in model.facet.temporal.encoder.parameters():
+            parameter.normal_()
+    frames = torch.nn.functional.normalize(torch.randn(4, 1, 32), dim=-1)
+    pooled, weights = model.facet.temporal(frames, torch.ones(4, 1, dtype=torch.bool))
+    torch.testing.assert_close(pooled, frames[:, 0])
+    assert (weights == 1).all()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
@@ -181,6 +181,8 @@ def train(cfg: TrainConfig) -> dict:
         mixed_precision=_mixed_precision(cfg.mixed_precision),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         cpu=not torch.cuda.is_available(),
+        # Static scans leave the temporal transformer unused (and a single view the CVSA encoder).
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
     set_seed(cfg.seed)
     output = Path(cfg.output)
