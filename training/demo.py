@@ -11,16 +11,18 @@ from modeling_facet.pipeline_facet import load_pipeline
 from .train import TrainConfig, train
 
 
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
+
+
 def demo_config(output, num_subjects: int = 100, epochs: int | None = None) -> TrainConfig:
-    """The demo recipe: synthetic BU-3DFE-layout faces, 5 subject-independent folds (fold 0: 20 % of the subjects
-    held out), training on every intensity of the six expressions, testing on intensities 3-4 as BU-3DFE's
-    standard protocol does."""
+    """The demo recipe of training/configs/demo.yaml (synthetic BU-3DFE-layout faces, 5 subject-independent folds,
+    fold 0 holding 20 % of the subjects out, every intensity in training, intensities 3-4 in the test split as in
+    BU-3DFE's standard protocol), written to `output`."""
     output = Path(output)
-    return TrainConfig(
-        dataset="synthetic", protocol="all", num_folds=5, fold=0, synthetic_subjects=num_subjects,
-        test_intensities=[3, 4], preset="small", epochs=epochs or 12, batch_size=32, learning_rate=2e-3,
-        output=str(output), cache_dir=str(output / "cache"),
-    )  # fmt: skip
+    overrides = dict(output=str(output), cache_dir=str(output / "cache"), synthetic_subjects=num_subjects)
+    if epochs:
+        overrides["epochs"] = epochs
+    return TrainConfig.from_yaml(DEMO_CONFIG, **overrides)
 
 
 def held_out_scan(cfg: TrainConfig) -> tuple[str, str]:
