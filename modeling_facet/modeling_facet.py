@@ -180,14 +180,23 @@ class TemporalPooling(nn.Module):
             self.pooling = AttentionPooling(dim)
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor):
-        if frames.shape[1] == 1:  # a static scan: nothing to pool over (see `_contextualise`)
-            return frames[:, 0], frame_mask.to(frames.dtype)
+        # A sample with one real frame (a static scan, alone or padded in a 4D batch) has no temporal context: its
+        # frame passes unchanged (see `_contextualise`), so batching never changes a scan's embedding.
+        first = frame_mask.to(torch.int64).argmax(dim=1)
+        only_frame = frames[torch.arange(frames.shape[0], device=frames.device), first]
+        one_hot = F.one_hot(first, frames.shape[1]).to(frames.dtype)
+        single = frame_mask.sum(dim=1) == 1
+        if single.all():
+            return only_frame, one_hot
         if self.mode == "transformer":
             tokens = frames + self.position_embeddings[: frames.shape[1]].to(frames.dtype)
-            return self.pooling(self.encoder(tokens, src_key_padding_mask=~frame_mask), frame_mask)
-        weights = frame_mask.to(frames.dtype)
-        weights = weights / weights.sum(dim=1, keepdim=True)
-        return (weights.unsqueeze(-1) * frames).sum(dim=1), weights
+            pooled, weights = self.pooling(self.encoder(tokens, src_key_padding_mask=~frame_mask), frame_mask)
+        else:
+            weights = frame_mask.to(frames.dtype)
+            weights = weights / weights.sum(dim=1, keepdim=True)
+            pooled = (weights.unsqueeze(-1) * frames).sum(dim=1)
+        single = single.unsqueeze(-1)
+        return torch.where(single, only_frame, pooled), torch.where(single, one_hot, weights)
 
 
 class FacetVLMPreTrainedModel(PreTrainedModel):

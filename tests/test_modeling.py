@@ -452,3 +452,19 @@ def test_fusion_transformers_start_as_identity_and_skip_single_tokens():
     pooled, weights = model.facet.temporal(frames, torch.ones(4, 1, dtype=torch.bool))
     torch.testing.assert_close(pooled, frames[:, 0])
     assert (weights == 1).all()
+
+
+def test_a_static_scan_padded_into_a_4d_batch_keeps_its_embedding():
+    model = tiny(temporal="transformer").eval()
+    with torch.no_grad():
+        model.facet.temporal.position_embeddings.normal_()
+    ids, _ = prompts()
+    scan = views(batch=1)
+    batch = torch.cat([scan.unsqueeze(1).expand(1, 3, *scan.shape[1:]), views(batch=1, frames=3, seed=7)])
+    frame_mask = torch.tensor([[True, False, False], [True, True, True]])
+    alone = _logits(model, scan, ids)
+    model.eval()
+    with torch.no_grad():
+        padded = model(pixel_values=batch, input_ids=ids, frame_mask=frame_mask)
+    torch.testing.assert_close(padded.face_embeds[0], alone.face_embeds[0])
+    torch.testing.assert_close(padded.frame_weights[0], torch.tensor([1.0, 0.0, 0.0]))
