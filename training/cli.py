@@ -89,6 +89,19 @@ def _predict(args):
                 print(f"  frame {frame} (weight {frame_weight:.3f}) views: {shares}")
 
 
+def _app(args):
+    import importlib.util
+    import os
+
+    from app.settings import streamlit_command
+
+    if importlib.util.find_spec("streamlit") is None:
+        raise SystemExit('facet-vlm app: Streamlit is not installed; install it with pip install -e ".[app]"')
+    command = streamlit_command(args.model, args.port, args.max_upload_mb)
+    print("+ " + " ".join(command), flush=True)
+    os.execv(command[0], command)  # the server takes this process's place (and PID)
+
+
 def _publish_model(args):
     from training.publish import print_report, publish_model
 
@@ -118,6 +131,7 @@ def _add_push_arguments(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from app.settings import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MODEL_DIR, positive_megabytes
     from training.train import add_arguments
 
     parser = argparse.ArgumentParser(prog="facet-vlm", description="FACET-VLM: 3D/4D facial expression recognition.")
@@ -174,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--hypothesis-template", help='prompt template with one {}, e.g. "a {} face"')
     predict.add_argument("--batch-size", type=int, default=1)
     predict.set_defaults(handler=_predict)
+
+    app = commands.add_parser("app", help="Serve the Streamlit app (interactive inference) on 127.0.0.1.")
+    app.add_argument("--model", default=DEFAULT_MODEL_DIR, help="a FACET-VLM folder (default: the main job's model)")
+    app.add_argument("--port", type=int, default=8501)
+    app.add_argument("--max-upload-mb", type=positive_megabytes, default=DEFAULT_MAX_UPLOAD_MB,
+                     help="largest accepted upload")  # fmt: skip
+    app.set_defaults(handler=_app)
 
     publish = commands.add_parser("publish", help="Push a trained model, its code and model card to the Hub.")
     publish.add_argument("model_dir")
