@@ -5,41 +5,16 @@ The ``.wrl`` reference is a naive regex + per-number ``float()`` reader like the
 triangulates the valid grid). Usage: ``python -m benchmarks.bench_parsing --output FILE.json [--quick]``.
 """
 
-import argparse
-import json
 import os
 import platform
 import re
 import struct
 import tempfile
-import time
 
 import numpy as np
 
+from benchmarks.common import benchmark_main, cpu_model, median_ms
 from modeling_facet.mesh_io import load_scan, write_bnt, write_wrl
-
-
-def cpu_model() -> str:
-    """The CPU model name from /proc/cpuinfo (or the platform string where there is none)."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def median_ms(function, repeats: int) -> float:
-    """Median wall time of ``function()`` in milliseconds, after one warm-up call."""
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1e3)
 
 
 def bu3dfe_mesh(rows: int = 90, cols: int = 89, quads: int = 250, extra_uvs: int = 290) -> dict:
@@ -157,15 +132,7 @@ def run(quick: bool = False) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, help="JSON file to write")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
-    args = parser.parse_args()
-    results = run(quick=args.quick)
-    text = json.dumps(results, indent=2)
-    with open(args.output, "w") as handle:
-        handle.write(text + "\n")
-    print(text)
+    benchmark_main(run, __doc__)
 
 
 if __name__ == "__main__":

@@ -20,38 +20,20 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # read once, when torch starts OpenMP: before importing torch
 
-import argparse  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.bench_parsing import bu3dfe_mesh, cpu_model  # noqa: E402
+from benchmarks.bench_parsing import bu3dfe_mesh  # noqa: E402
+from benchmarks.common import benchmark_main, cpu_model, latency_stats  # noqa: E402
 from modeling_facet import FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor  # noqa: E402
 from modeling_facet.mesh_io import load_scan, write_wrl  # noqa: E402
 from modeling_facet.pipeline_facet import load_pipeline  # noqa: E402
 
 
 TARGET_MEDIAN_MS = 250.0
-
-
-def _timings(function, calls: int) -> dict:
-    """Wall and process CPU milliseconds of `calls` calls of `function()` (after the caller's warm-up)."""
-    wall, cpu = [], []
-    for _ in range(calls):
-        start_wall, start_cpu = time.perf_counter(), time.process_time()
-        function()
-        wall.append(time.perf_counter() - start_wall)
-        cpu.append(time.process_time() - start_cpu)
-    wall_ms, cpu_ms = np.array(wall) * 1e3, np.array(cpu) * 1e3
-    return {
-        "median_ms": round(float(np.median(wall_ms)), 2),
-        "p95_ms": round(float(np.percentile(wall_ms, 95)), 2),
-        "cpu_median_ms": round(float(np.median(cpu_ms)), 2),
-    }
 
 
 def _small_model(folder: str) -> str:
@@ -81,20 +63,22 @@ def run(quick: bool = False, model_dir: str | None = None) -> dict:
         pipe(path)
         first_call_ms = (time.perf_counter() - start) * 1e3
 
-        call = _timings(lambda: pipe(path), calls)
+        call = latency_stats(lambda: pipe(path), calls)
         inputs = pipe.preprocess(path)
         text_embeds = pipe.prompt_embeddings(None)
         with torch.no_grad():
             stages = {
-                "parse_scan": _timings(lambda: load_scan(path), calls // 2),
-                "render_views": _timings(lambda: pipe.processor.image_processor.renderer.render_batch([scan]), calls // 2),
-                "preprocess": _timings(lambda: pipe.preprocess(path), calls // 2),
-                "model_forward": _timings(lambda: pipe.model(**inputs, text_embeds=text_embeds), calls // 2),
+                "parse_scan": latency_stats(lambda: load_scan(path), calls // 2),
+                "render_views": latency_stats(
+                    lambda: pipe.processor.image_processor.renderer.render_batch([scan]), calls // 2
+                ),
+                "preprocess": latency_stats(lambda: pipe.preprocess(path), calls // 2),
+                "model_forward": latency_stats(lambda: pipe.model(**inputs, text_embeds=text_embeds), calls // 2),
             }
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         pipe(path)
-        one_thread = _timings(lambda: pipe(path), calls // 2)
+        one_thread = latency_stats(lambda: pipe(path), calls // 2)
         torch.set_num_threads(threads)
         config = pipe.model.config
         return {
@@ -124,16 +108,12 @@ def run(quick: bool = False, model_dir: str | None = None) -> dict:
         }
 
 
+def _add_arguments(parser) -> None:
+    parser.add_argument("--model", dest="model_dir", help="a trained FACET-VLM folder (default: a fresh small-preset model)")
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, help="JSON file to write")
-    parser.add_argument("--quick", action="store_true", help="10 calls instead of 50")
-    parser.add_argument("--model", help="a trained FACET-VLM folder (default: a fresh small-preset model)")
-    args = parser.parse_args()
-    text = json.dumps(run(quick=args.quick, model_dir=args.model), indent=2)
-    with open(args.output, "w") as handle:
-        handle.write(text + "\n")
-    print(text)
+    benchmark_main(run, __doc__, quick_help="10 calls instead of 50", add_arguments=_add_arguments)
 
 
 if __name__ == "__main__":

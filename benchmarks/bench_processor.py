@@ -10,8 +10,6 @@ also keeps the timings stable on a shared machine, where oversubscribed intra-op
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import tempfile
@@ -19,7 +17,8 @@ import tempfile
 import numpy as np
 import torch
 
-from benchmarks.bench_parsing import bu3dfe_mesh, cpu_model, median_ms
+from benchmarks.bench_parsing import bu3dfe_mesh
+from benchmarks.common import benchmark_main, cpu_model, median_ms
 from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
 from modeling_facet.mesh_io import load_scan, write_wrl
 
@@ -85,16 +84,12 @@ def run(quick: bool = False, threads: int = 1) -> dict:
     return results
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, help="JSON file to write")
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+def _add_arguments(parser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1, as in a DataLoader worker)")
-    args = parser.parse_args()
-    text = json.dumps(run(quick=args.quick, threads=args.threads), indent=2)
-    with open(args.output, "w") as handle:
-        handle.write(text + "\n")
-    print(text)
+
+
+def main() -> None:
+    benchmark_main(run, __doc__, add_arguments=_add_arguments)
 
 
 if __name__ == "__main__":

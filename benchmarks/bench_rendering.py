@@ -5,15 +5,13 @@ Usage: python -m benchmarks.bench_rendering --output FILE.json [--quick]
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 
 import numpy as np
 import torch
 
-from benchmarks.bench_parsing import cpu_model
+from benchmarks.common import benchmark_main, cpu_model
 from modeling_facet.mesh_io import FaceScan
 from modeling_facet.rendering import MultiviewRenderer
 
@@ -127,15 +125,7 @@ def run(quick: bool) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, help="JSON file to write the measurements to")
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions")
-    arguments = parser.parse_args()
-    results = run(arguments.quick)
-    text = json.dumps(results, indent=2)
-    print(text)
-    with open(arguments.output, "w") as output:
-        output.write(text + "\n")
+    benchmark_main(run, __doc__, quick_help="fewer repetitions")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,6 @@ Usage: python -m benchmarks.bench_views --output FILE.json [--quick]
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import tempfile
 import time
@@ -20,7 +18,7 @@ import time
 import datasets
 import torch
 
-from benchmarks.bench_parsing import cpu_model
+from benchmarks.common import benchmark_main, cpu_model
 from datasets_scripts.bu3dfe import BU3DFE
 from datasets_scripts.synthetic_faces import write_bu3dfe_tree
 from modeling_facet import FacetVLMConfig
@@ -83,15 +81,7 @@ def run(quick: bool) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", required=True, help="JSON file to write the measurements to")
-    parser.add_argument("--quick", action="store_true", help="5 subjects instead of 20")
-    arguments = parser.parse_args()
-    results = run(arguments.quick)
-    text = json.dumps(results, indent=2)
-    print(text)
-    with open(arguments.output, "w") as output:
-        output.write(text + "\n")
+    benchmark_main(run, __doc__, quick_help="5 subjects instead of 20")
 
 
 if __name__ == "__main__":
