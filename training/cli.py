@@ -1,4 +1,4 @@
-"""The `facet-vlm` command line: demo, train, evaluate, predict, render, inspect, app, publish."""
+"""The `facet-vlm` command line: demo, train, evaluate, predict, render, inspect, app, publish, bench."""
 
 from __future__ import annotations
 
@@ -102,6 +102,12 @@ def _app(args):
     os.execv(command[0], command)  # the server takes this process's place (and PID)
 
 
+def _bench(args):
+    from benchmarks.__main__ import run_suite
+
+    raise SystemExit(run_suite(args))
+
+
 def _publish_model(args):
     from training.publish import print_report, publish_model
 
@@ -132,6 +138,7 @@ def _add_push_arguments(parser):
 
 def build_parser() -> argparse.ArgumentParser:
     from app.settings import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MODEL_DIR, positive_megabytes
+    from benchmarks.__main__ import add_arguments as add_bench_arguments
     from training.train import add_arguments
 
     parser = argparse.ArgumentParser(prog="facet-vlm", description="FACET-VLM: 3D/4D facial expression recognition.")
@@ -195,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--max-upload-mb", type=positive_megabytes, default=DEFAULT_MAX_UPLOAD_MB,
                      help="largest accepted upload")  # fmt: skip
     app.set_defaults(handler=_app)
+
+    bench = commands.add_parser("bench", help="Run the speed benchmarks and the accuracy study (python -m benchmarks).")
+    add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
 
     publish = commands.add_parser("publish", help="Push a trained model, its code and model card to the Hub.")
     publish.add_argument("model_dir")

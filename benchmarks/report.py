@@ -1,0 +1,236 @@
+"""Regenerate the benchmark summary from the JSON results: `benchmarks/results/SUMMARY.md` and the README's results
+section (between `<!-- results:start -->` and `<!-- results:end -->`; appended at the end of the README when the
+markers are missing). The tables are never typed by hand.
+
+Usage: python -m benchmarks.report [--results-dir DIR] [--summary FILE] [--readme FILE | --no-readme]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+README = Path(__file__).resolve().parents[1] / "README.md"
+START_MARKER, END_MARKER = "<!-- results:start -->", "<!-- results:end -->"
+# File stem -> title, in the order of the summary.
+SPEED_BENCHMARKS = {
+    "parsing": "Scan parsing", "rendering": "Rendering (3 views, 224 px)", "processor": "Image processor, end to end",
+    "views": "Dataset views preparation", "training": "Training step", "pipeline": "Pipeline latency",
+    "synthetic": "Synthetic data generation",
+}  # fmt: skip
+
+
+def load_results(results_dir) -> dict:
+    """The JSON results of `results_dir` by file stem (`parsing`, ..., `accuracy_study`)."""
+    return {path.stem: json.loads(path.read_text()) for path in sorted(Path(results_dir).glob("*.json"))}
+
+
+def _number(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def _ratio(value, reference) -> str:
+    return f"{value / reference:.2f}x" if value and reference else "-"
+
+
+def _parsing(r: dict) -> list:
+    wrl, bnt = r["wrl"], r["bnt"]
+    return [
+        (f".wrl, BU-3DFE size ({wrl['vertices']:,} vertices): load_scan", f"{_number(wrl['load_scan_ms'])} ms",
+         f"naive regex/float() reader {_number(wrl['naive_reader_ms'])} ms",
+         f"{wrl['speedup_vs_naive']:.2f}x faster"),
+        (f".bnt, Bosphorus size ({bnt['grid'][0]}x{bnt['grid'][1]} grid): load_scan (+ triangulation)",
+         f"{_number(bnt['load_scan_ms'])} ms", f"plain numpy reader {_number(bnt['reference_reader_ms'])} ms",
+         f"{bnt['load_scan_over_reference']:.2f}x the time"),
+    ]  # fmt: skip
+
+
+def _rendering(r: dict) -> list:
+    pyrender = r.get("pyrender_scans_per_s")
+    reference = f"pyrender {_number(pyrender)} scans/s" if pyrender else f"pyrender unavailable: {r.get('pyrender_error')}"
+    rows = [
+        ("torch backend, 1 scan per call", "torch_scans_per_s"),
+        ("torch backend, 1 thread", "torch_1thread_scans_per_s"),
+        (f"torch backend, batches of {r['torch_batch_size']}", "torch_batched_scans_per_s"),
+    ]
+    table = [(label, f"{_number(r[key])} scans/s", reference, _ratio(r[key], pyrender)) for label, key in rows]
+    if "cuda_batched_scans_per_s" in r:
+        table.append((f"torch on {r['cuda_device']}, batches of {r['torch_batch_size']}",
+                      f"{_number(r['cuda_batched_scans_per_s'])} scans/s", reference,
+                      _ratio(r["cuda_batched_scans_per_s"], pyrender)))  # fmt: skip
+    return table
+
+
+def _processor(r: dict) -> list:
+    table = []
+    for name in ("224px", "small_preset"):
+        m = r[name]
+        stages = m["stage_ms"]["parse"] + m["stage_ms"]["render"]
+        table.append((f".wrl path -> pixel_values, {m['views']} views at {m['image_size']} px",
+                      f"{_number(m['ms_per_scan'])} ms/scan ({_number(m['scans_per_s'])} scans/s)",
+                      f"parse + render stages {_number(stages)} ms", f"{m['ms_per_scan'] / stages:.2f}x the time"))  # fmt: skip
+    return table
+
+
+def _views(r: dict) -> list:
+    one = r["num_proc_1"]["scans_per_s"]
+    return [
+        (f"{label} ({r['subjects']} subjects, {r['image_size']} px)", f"{_number(r[key]['scans_per_s'])} scans/s",
+         f"1 process {_number(one)} scans/s", _ratio(r[key]["scans_per_s"], one))
+        for key, label in (("num_proc_1_one_thread", "1 process, 1 torch thread"), ("num_proc_2", "2 processes"))
+    ]  # fmt: skip
+
+
+def _training(r: dict) -> list:
+    return [
+        (f"{run['preset']} preset on {run['device']}, batch {r['batch_size']} ({run['views']} views, "
+         f"{run['image_size']} px)",
+         f"{_number(run['facet_vlm']['samples_per_s'])} samples/s, peak RSS +{_number(run['facet_vlm']['peak_rss_increase_mb'])} MB"
+         + (f", CUDA peak {_number(run['facet_vlm']['cuda_peak_allocated_mb'])} MB" if run["device"] == "cuda" else ""),
+         f"CVSA=mean, no MTGF, CE only: {_number(run['reference']['samples_per_s'])} samples/s",
+         f"{run['samples_per_s_over_reference']:.2f}x")
+        for run in r["runs"]
+    ]  # fmt: skip
+
+
+def _pipeline(r: dict) -> list:
+    call, preprocess = r["pipeline_call"], r["stages"]["preprocess"]
+    return [
+        (f"one .wrl file -> sorted scores, {r['model_config']['views']} views at {r['model_config']['image_size']} px",
+         f"median {_number(call['median_ms'])} ms, p95 {_number(call['p95_ms'])} ms",
+         f"preprocess (parse + render) {_number(preprocess['median_ms'])} ms",
+         f"{call['median_ms'] / preprocess['median_ms']:.2f}x the time"),
+        ("model load from disk", f"{_number(r['model_load_s'])} s", "-", "-"),
+    ]  # fmt: skip
+
+
+def _synthetic(r: dict) -> list:
+    one, two = r["write_bu3dfe_tree"]
+    return [
+        (f"write {one['subjects']} subjects x 25 models, {two['workers']} workers",
+         f"{_number(two['ms_per_model'])} ms/model", f"1 worker {_number(one['ms_per_model'])} ms/model",
+         _ratio(one["ms_per_model"], two["ms_per_model"]) + " faster"),
+    ]  # fmt: skip
+
+
+SPEED_ROWS = {"parsing": _parsing, "rendering": _rendering, "processor": _processor, "views": _views,
+              "training": _training, "pipeline": _pipeline, "synthetic": _synthetic}  # fmt: skip
+
+
+def _environment(r: dict) -> dict:
+    return r.get("environment", {})
+
+
+def speed_markdown(results: dict) -> list:
+    """Lines of the speed and memory table (one row per measurement, with its in-run reference and the ratio)."""
+    present = [name for name in SPEED_BENCHMARKS if name in results]
+    if not present:
+        return []
+    lines = ["### Speed and memory", "",
+             "| benchmark | measurement | value | reference (same run) | ratio | load avg (1 min) |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name in present:
+        load = _environment(results[name]).get("load_average_1_5_15min", [None])[0]
+        title = SPEED_BENCHMARKS[name] + (" (quick)" if results[name].get("quick") else "")
+        for measurement, value, reference, ratio in SPEED_ROWS[name](results[name]):
+            lines.append(f"| {title} | {measurement} | {value} | {reference} | {ratio} | {_number(load)} |")
+    lines += ["", "Commands:", ""]
+    lines += [f"- `{name}`: `{_environment(results[name]).get('command', '-')}`" for name in present]
+    return lines + [""]
+
+
+def accuracy_markdown(study: dict) -> list:
+    """Lines of the accuracy table: mean +- std over the folds and the per-fold values of every row."""
+    s = study["settings"]
+    state = "" if study.get("complete") else " **(incomplete: still running or stopped; folds so far)**"
+    lines = [
+        "### Accuracy study (synthetic benchmark, subject-independent folds)" + state, "",
+        f"{s['subjects']} synthetic subjects, {s['folds']} folds (the same folds for every row), {s['preset']} preset, "
+        f"{s['epochs']} epoch(s), batch {s['batch_size']}, learning rate {s['learning_rate']}, test intensities "
+        f"{s['test_intensities']} (static rows); recipe: {s['recipe']}"
+        + ("; **quick mode: a CI-sized check, not a result**" if study.get("quick") else "") + ". "
+        f"Wall time {_number(study.get('wall_seconds'))} s. Command: `{_environment(study).get('command', '-')}`",
+        "",
+        "| row | metric | mean | std | per fold | seconds |",
+        "|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for row in study["rows"]:
+        folds = ", ".join(f"{value:.3f}" for value in row["per_fold"])
+        lines.append(f"| {row['description']} | {row['metric']} | {_number(row['mean'], 3)} | {_number(row['std'], 3)} "
+                     f"| {folds} | {_number(row['wall_seconds'], 0)} |")  # fmt: skip
+    zero_shot = next((row for row in study["rows"] if row["kind"] == "zero_shot" and row["folds"]), None)
+    if zero_shot:
+        seen = sorted({word for fold in zero_shot["folds"] for word in fold.get("words_in_training_class_prompts", [])})
+        lines += ["", f"Zero-shot class names: {', '.join(s['zero_shot_words'].values())}."
+                  + (f" Of these, {', '.join(seen)} is also its class's canonical prompt word, so it appears in the "
+                     "training class prompts (exclude_words only keeps words out of the augmented prompts)." if seen else "")]  # fmt: skip
+    return lines + [""]
+
+
+def summary_markdown(results: dict) -> str:
+    """The Markdown summary of every result: machine, speed table, accuracy table, and how to regenerate it."""
+    environments = [_environment(r) for r in results.values() if _environment(r)]
+    cpus = sorted({f"{e['cpu_model']} ({e['cpu_count']} cores)" for e in environments})
+    lines = [
+        "Generated by `python -m benchmarks.report` from `benchmarks/results/*.json` (do not edit by hand; "
+        "`facet-vlm bench` or `python -m benchmarks` runs the benchmarks).",
+        "",
+        f"Machine: {', '.join(cpus) or 'unknown'}; "
+        + ", ".join(sorted({f"torch {e['torch']}" for e in environments if 'torch' in e}))
+        + ". The machine is shared with other work: the load average is recorded with every result, and timings "
+        "are medians of repeated runs.",
+        "",
+    ]  # fmt: skip
+    lines += speed_markdown(results)
+    if "accuracy_study" in results:
+        lines += accuracy_markdown(results["accuracy_study"])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def update_readme(readme, markdown: str) -> Path:
+    """Replace the text between the results markers of `readme` (append a results section with them if missing)."""
+    readme = Path(readme)
+    text = readme.read_text()
+    block = f"{START_MARKER}\n{markdown.rstrip()}\n{END_MARKER}"
+    if START_MARKER in text and END_MARKER in text:
+        before, rest = text.split(START_MARKER, 1)
+        text = before + block + rest.split(END_MARKER, 1)[1]
+    elif START_MARKER in text or END_MARKER in text:
+        raise ValueError(f"{readme} has only one of the markers {START_MARKER} and {END_MARKER}.")
+    else:
+        text = text.rstrip("\n") + "\n\n## Benchmark results\n\n" + block + "\n"
+    readme.write_text(text)
+    return readme
+
+
+def write_report(results_dir=RESULTS_DIR, summary=None, readme=None) -> str:
+    """Write the summary next to the results (or to `summary`) and, when `readme` is given, into its results section."""
+    markdown = summary_markdown(load_results(results_dir))
+    summary = Path(summary or Path(results_dir) / "SUMMARY.md")
+    summary.write_text("# Benchmark results\n\n" + markdown)
+    if readme is not None:
+        update_readme(readme, markdown)
+    return markdown
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", default=str(RESULTS_DIR), help="folder of the JSON results")
+    parser.add_argument("--summary", help="Markdown file to write (default: RESULTS_DIR/SUMMARY.md)")
+    parser.add_argument("--readme", default=str(README), help="README whose results section is rewritten")
+    parser.add_argument("--no-readme", action="store_true", help="only write the summary")
+    arguments = parser.parse_args(argv)
+    write_report(arguments.results_dir, arguments.summary, None if arguments.no_readme else arguments.readme)
+    print(f"Wrote {arguments.summary or Path(arguments.results_dir) / 'SUMMARY.md'}"
+          + ("" if arguments.no_readme else f" and the results section of {arguments.readme}"))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""Benchmark suite structure: the report generator, the baselines, the accuracy-study rows and the suite runner.
+
+No timings are asserted here; benchmarks/ measures speed."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import accuracy_study, report
+from benchmarks.__main__ import BENCHMARKS, SPEED, selected
+from benchmarks.baselines import MultiviewCNN, depth_logistic_regression, frontal_depth_maps, train_mvcnn
+from modeling_facet import FacetVLMConfig
+from training.data import ExpressionSplit
+
+
+REPO = Path(__file__).resolve().parents[1]
+LABELS = ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
+VIEWS = [[20.0, 0.0], [0.0, 0.0], [-20.0, 0.0]]
+CHANNELS = ["shaded", "depth", "normals"]  # depth is channel 1 of 5
+
+
+def tiny_split(subjects, samples_per_class: int = 2, seed: int = 0) -> ExpressionSplit:
+    """Static 3-view, 5-channel, 16x16 samples whose frontal depth map carries the class (a bright row per class)."""
+    rng = np.random.default_rng(seed)
+    labels = np.tile(np.repeat(np.arange(len(LABELS)), samples_per_class), len(subjects))
+    pixels = rng.normal(0.0, 0.3, size=(len(labels), 3, 5, 16, 16)).astype(np.float32)
+    pixels[np.arange(len(labels)), 1, 1, labels + 1, :] += 3.0
+    names = [subject for subject in subjects for _ in range(len(LABELS) * samples_per_class)]
+    return ExpressionSplit(torch.from_numpy(pixels).half(), torch.from_numpy(labels), list(LABELS), subjects=names,
+                           metadata=[{} for _ in names])  # fmt: skip
+
+
+def test_frontal_depth_maps_take_the_depth_channel_of_the_frontal_view():
+    split = tiny_split(["F0001"])
+    maps = frontal_depth_maps(split, VIEWS, CHANNELS, pool=1)
+    assert maps.shape == (len(split), 256)
+    np.testing.assert_array_equal(maps, split.pixel_values[:, 1, 1].float().flatten(1).numpy())
+    assert frontal_depth_maps(split, VIEWS, CHANNELS, pool=2).shape == (len(split), 64)
+    with pytest.raises(ValueError, match="no depth channel"):
+        frontal_depth_maps(split, VIEWS, ["shaded", "normals"], pool=1)
+
+
+def test_depth_logistic_regression_learns_a_depth_signal():
+    train, test = tiny_split(["F0001", "F0002", "M0001"], seed=0), tiny_split(["M0002"], seed=1)
+    metrics = depth_logistic_regression(train, test, VIEWS, CHANNELS, pool=1)
+    assert metrics["accuracy"] >= 0.9  # the class is a bright depth row: separable
+    assert metrics["chosen_C"] in (1e-3, 1e-2, 1e-1, 1.0)
+    assert sum(map(sum, metrics["confusion_matrix"])) == metrics["test_samples"] == len(test)
+
+
+def test_mvcnn_trains_and_averages_view_logits():
+    train, test = tiny_split(["F0001", "M0001"]), tiny_split(["M0002"], seed=1)
+    metrics = train_mvcnn(train, test, epochs=2, batch_size=8)
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["views"] == 3
+    assert sum(map(sum, metrics["confusion_matrix"])) == len(test)
+    model = MultiviewCNN(in_channels=5, num_classes=6).eval()
+    pixels = torch.randn(2, 3, 5, 16, 16)
+    per_view = torch.stack([model(pixels[:, v : v + 1]) for v in range(3)], dim=1)
+    torch.testing.assert_close(model(pixels), per_view.mean(dim=1))
+
+
+def test_baselines_refuse_multi_label_and_sequence_splits():
+    split = tiny_split(["F0001", "M0001"])
+    multi = ExpressionSplit(split.pixel_values, torch.zeros(len(split), 4), ["AU1", "AU2", "AU4", "AU6"],
+                            subjects=split.subjects)  # fmt: skip
+    with pytest.raises(ValueError, match="multi-hot"):
+        train_mvcnn(multi, multi, epochs=1)
+    sequences = ExpressionSplit(split.pixel_values[:, None], split.labels, LABELS, subjects=split.subjects)
+    with pytest.raises(ValueError, match="static scans"):
+        depth_logistic_regression(sequences, sequences, VIEWS, CHANNELS)
+
+
+def test_study_rows_cover_every_required_comparison():
+    rows = {row.name: row for row in accuracy_study.ROWS}
+    overrides = [row.overrides for row in rows.values()]
+    for required in ({"cvsa": "mean"}, {"mtgf": False}, {"loss_weight_cons": 0.0}, {"loss_weight_gf": 0.0},
+                     {"views": [[0.0, 0.0]]}):  # fmt: skip
+        assert required in overrides
+    five = next(o["views"] for o in overrides if len(o.get("views", [])) == 5)
+    assert sorted(yaw for yaw, _ in five) == [-40.0, -20.0, 0.0, 20.0, 40.0]
+    assert rows["facet_vlm"].overrides == {} and rows["facet_vlm"].kind == "facet"
+    assert {row.kind for row in rows.values()} == {"facet", "zero_shot", "depth_logreg", "mvcnn"}
+    assert {(row.dataset, row.metric) for row in rows.values() if row.dataset != "synthetic"} == {
+        ("synthetic4d", "accuracy"), ("synthetic_aus", "mean_f1")}
+    assert set(accuracy_study.ZERO_SHOT_WORDS) == set(LABELS)
+    for override in overrides:  # every ablation is a valid model config
+        FacetVLMConfig.from_preset("tiny", **override)
+
+
+def test_every_row_runs_on_the_same_folds_and_recipe(tmp_path):
+    cfg = accuracy_study.study_config(subjects=10, folds=5, epochs=1, workdir=tmp_path)
+    roots = {"bu3dfe": tmp_path / "a", "bu4dfe": tmp_path / "b"}
+    configs = [accuracy_study.row_config(row, cfg, 3, roots, tmp_path) for row in accuracy_study.ROWS]
+    shared = {(c.fold, c.num_folds, c.seed, c.protocol, c.synthetic_subjects, c.epochs, c.learning_rate,
+               c.batch_size, c.preset) for c in configs}  # fmt: skip
+    assert shared == {(3, 5, cfg.seed, cfg.protocol, 10, 1, cfg.learning_rate, cfg.batch_size, cfg.preset)}
+    assert len({c.output for c in configs}) == len(configs)
+    zero_shot = next(c for row, c in zip(accuracy_study.ROWS, configs) if row.kind == "zero_shot")
+    assert sorted(zero_shot.exclude_words) == sorted(accuracy_study.ZERO_SHOT_WORDS.values())
+
+
+def test_summarise_gives_mean_std_and_per_fold_values():
+    row = accuracy_study.ROWS[0]
+    summary = accuracy_study.summarise(row, [{"fold": 0, "value": 0.5, "seconds": 2.0},
+                                             {"fold": 1, "value": 0.7, "seconds": 3.0}])  # fmt: skip
+    assert summary["per_fold"] == [0.5, 0.7] and summary["wall_seconds"] == 5.0
+    assert summary["mean"] == pytest.approx(0.6) and summary["std"] == pytest.approx(0.1)
+
+
+def _fixture_results(folder: Path) -> None:
+    parsing = {"quick": True, "wrl": {"vertices": 8010, "load_scan_ms": 10.0, "naive_reader_ms": 60.0,
+               "speedup_vs_naive": 6.0}, "bnt": {"grid": [220, 200], "load_scan_ms": 4.0, "reference_reader_ms": 2.0,
+               "load_scan_over_reference": 2.0}, "environment": {"cpu_model": "Test CPU", "cpu_count": 2,
+               "load_average_1_5_15min": [1.5, 1.0, 1.0], "torch": "2.x", "command": "python -m benchmarks.bench_parsing"}}  # fmt: skip
+    rows = [accuracy_study.summarise(row, [{"fold": 0, "value": 0.5, "seconds": 1.0}]) for row in accuracy_study.ROWS]
+    rows[-1]["folds"][0]["words_in_training_class_prompts"] = ["disgusted"]
+    study = {"quick": False, "complete": True, "wall_seconds": 12.0, "rows": rows,
+             "settings": {"subjects": 6, "folds": 2, "epochs": 1, "preset": "small", "batch_size": 32,
+                          "learning_rate": 0.002, "test_intensities": [3, 4], "recipe": "demo",
+                          "zero_shot_words": accuracy_study.ZERO_SHOT_WORDS},
+             "environment": {"cpu_model": "Test CPU", "cpu_count": 2, "command": "python -m benchmarks.accuracy_study"}}  # fmt: skip
+    (folder / "parsing.json").write_text(json.dumps(parsing))
+    (folder / "accuracy_study.json").write_text(json.dumps(study))
+
+
+def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path):
+    _fixture_results(tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("# Project\n\nIntro.\n\n## Usage\n\nText.\n")
+    markdown = report.write_report(tmp_path, readme=readme)
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert markdown in summary and "Test CPU (2 cores)" in summary
+    assert "| Scan parsing (quick) | .wrl, BU-3DFE size (8,010 vertices): load_scan | 10.00 ms |" in summary
+    assert "6.00x faster" in summary and "`python -m benchmarks.bench_parsing`" in summary
+    for row in accuracy_study.ROWS:
+        assert f"| {row.description} | {row.metric} | 0.500 | 0.000 | 0.500 |" in summary
+    assert "disgusted is also its class's canonical prompt word" in summary
+    text = readme.read_text()
+    assert text.startswith("# Project\n\nIntro.\n\n## Usage\n\nText.\n\n## Benchmark results\n")
+    assert text.count(report.START_MARKER) == 1 and text.count(report.END_MARKER) == 1
+
+    (tmp_path / "parsing.json").unlink()
+    report.write_report(tmp_path, readme=readme)
+    again = readme.read_text()
+    assert again.count(report.START_MARKER) == 1 and "Scan parsing" not in again and "## Usage" in again
+
+
+def test_report_refuses_a_readme_with_one_marker(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Project\n{report.START_MARKER}\n")
+    with pytest.raises(ValueError, match="only one of the markers"):
+        report.update_readme(readme, "table")
+
+
+def test_suite_selection_by_names_and_groups():
+    assert selected(None) == list(BENCHMARKS)
+    assert selected("speed") == list(SPEED)
+    assert selected("accuracy, parsing") == ["parsing", "accuracy"]
+    with pytest.raises(SystemExit, match="Unknown benchmark 'nope'"):
+        selected("parsing,nope")
+
+
+def test_bench_subcommand_delegates_to_the_suite():
+    from training.cli import _bench, build_parser
+
+    args = build_parser().parse_args(["bench", "--quick", "--only", "parsing", "--folds", "5"])
+    assert args.handler is _bench and args.quick and args.only == "parsing" and args.folds == 5
+
+
+def test_quick_parsing_run_writes_valid_json(tmp_path):
+    subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--only", "parsing", "--output-dir", str(tmp_path)],
+                   cwd=REPO, check=True, capture_output=True)  # fmt: skip
+    results = json.loads((tmp_path / "parsing.json").read_text())
+    assert results["quick"] and results["wrl"]["load_scan_ms"] > 0 and results["bnt"]["reference_reader_ms"] > 0
+    assert results["environment"]["cpu_count"] >= 1 and len(results["environment"]["load_average_1_5_15min"]) == 3
+    assert "Scan parsing (quick)" in (tmp_path / "SUMMARY.md").read_text()
