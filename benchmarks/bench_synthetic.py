@@ -14,8 +14,6 @@ depth maps centred on the nose landmarks:
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 
@@ -24,7 +22,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from benchmarks.bench_parsing import cpu_model
+from benchmarks.common import benchmark_main, cpu_model
 from datasets_scripts.synthetic_faces import (
     EMOTION_CODES,
     LANDMARK_GROUPS,
@@ -169,14 +167,7 @@ def run(quick: bool) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", required=True, help="where to write the JSON results")
-    parser.add_argument("--quick", action="store_true", help="10 subjects and tiny baselines instead of 100 subjects")
-    args = parser.parse_args()
-    results = run(args.quick)
-    print(json.dumps(results, indent=2))
-    with open(args.output, "w") as handle:
-        json.dump(results, handle, indent=2)
+    benchmark_main(run, __doc__, quick_help="10 subjects and tiny baselines instead of 100 subjects")
 
 
 if __name__ == "__main__":
