@@ -49,6 +49,8 @@ def selected(only: str | None) -> list:
 def command(name: str, output_dir: Path, quick: bool, accuracy_flags: list) -> list:
     """The command line that runs benchmark `name` into `output_dir`."""
     output = output_dir / ("accuracy_study.json" if name in ACCURACY else f"{name}.json")
+    if output.is_relative_to(PACKAGE_ROOT):  # the command runs there; a relative path reads better in the JSON
+        output = output.relative_to(PACKAGE_ROOT)
     arguments = [sys.executable, "-m", BENCHMARKS[name], "--output", str(output)] + (["--quick"] if quick else [])
     return arguments + (accuracy_flags if name in ACCURACY else [])
 

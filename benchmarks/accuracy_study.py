@@ -15,10 +15,12 @@ with those synonyms as the class names.
     python -m benchmarks.accuracy_study                # 20 subjects, 5 folds, the recipe's epochs
     python -m benchmarks.accuracy_study --subjects 100 --folds 5 --epochs 12
 
-Time on the 2-core AMD EPYC development machine (shared, load average 4-10): --quick about 6-9 minutes. A training
-step of the small preset takes about 1.3-2.7 s for 32 samples there, so one fold costs about 11 "3-view trainings"
-(1 view ~0.4, 5 views ~1.7, 4D ~2, baselines ~0.5, the rest 1 each) of subjects*0.8*24 samples x epochs; the
-default full mode (20 subjects, 5 folds, 12 epochs) is about 3-4 hours, 100 subjects with 12 epochs about 15-20 hours.
+Time on the 2-core AMD EPYC development machine, which is shared: --quick took 110 s when the machine was otherwise
+idle and 500 s at a load average of 8. A training step of the small preset processes about 70 samples/s when idle
+(benchmarks/bench_training.py; 12-25 under load), and one fold costs about 11 "3-view trainings" of
+subjects * 0.8 * 24 samples x epochs (1 view ~0.3, 5 views ~1.7, 4D ~2, the baselines ~0.3, the other rows 1 each)
+plus rendering (about 1 minute per fold for 20 subjects). So the default full mode (20 subjects, 5 folds, 12 epochs)
+takes about 70 minutes when the machine is idle and 2-3 hours under load; 100 subjects about 6 hours when idle.
 """
 
 from __future__ import annotations
@@ -162,19 +164,19 @@ def run_row(row: StudyRow, cfg) -> dict:
     raise ValueError(f"Unknown study row kind {row.kind!r}.")
 
 
-def fold_test_subjects(cfg, fold: int, roots: dict) -> dict:
-    """Test subjects of `fold` in the static and in the sequence tree (the unrendered configs: no rendering)."""
+def fold_test_subjects(cfg, roots: dict) -> dict:
+    """Test subjects of `cfg.fold` in the static and in the sequence tree (the unrendered configs: no rendering)."""
     import datasets
 
     from datasets_scripts.synthetic import SyntheticFaces
 
     subjects = {}
     datasets.disable_progress_bars()
-    for name, config_name, root in (("scans", "scans", roots["bu3dfe"]), ("sequences", "sequences", roots["bu4dfe"])):
-        builder = SyntheticFaces(config_name=config_name, data_dir=str(root), cache_dir=str(Path(cfg.cache_dir)),
-                                 protocol=cfg.protocol, fold=fold, num_folds=cfg.num_folds, seed=cfg.seed)  # fmt: skip
+    for config_name, root in (("scans", roots["bu3dfe"]), ("sequences", roots["bu4dfe"])):
+        builder = SyntheticFaces(config_name=config_name, data_dir=str(root), cache_dir=cfg.cache_dir,
+                                 protocol=cfg.protocol, fold=cfg.fold, num_folds=cfg.num_folds, seed=cfg.seed)  # fmt: skip
         builder.download_and_prepare()
-        subjects[name] = sorted(set(builder.as_dataset()["test"]["subject"]))
+        subjects[config_name] = sorted(set(builder.as_dataset()["test"]["subject"]))
     datasets.enable_progress_bars()
     return subjects
 
@@ -233,8 +235,7 @@ def run(quick: bool = False, subjects: int | None = None, folds: int | None = No
     per_row = {row.name: [] for row in ROWS}
     roots = write_trees(cfg, workdir)
     for fold in range(folds):
-        fold_cfg = row_config(ROWS[0], cfg, fold, roots, workdir)
-        subjects_of_fold = fold_test_subjects(fold_cfg, fold, roots)
+        subjects_of_fold = fold_test_subjects(row_config(ROWS[0], cfg, fold, roots, workdir), roots)
         subjects_of_fold["same_people"] = _same_people(subjects_of_fold["scans"], subjects_of_fold["sequences"])
         results["fold_test_subjects"].append({"fold": fold, **subjects_of_fold})
         for row in ROWS:

@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -32,8 +33,20 @@ def load_average() -> list:
     return [round(value, 2) for value in os.getloadavg()]
 
 
+def git_state() -> dict:
+    """The checkout's commit and its tracked files with uncommitted changes (results may depend on them)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, check=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return {"git_commit": None}
+    return {"git_commit": commit.stdout.strip(), "uncommitted_changes": [line[3:] for line in status.stdout.splitlines()]}
+
+
 def environment() -> dict:
-    """Where and how a result was measured: CPU, cores, load, Python/torch versions, the command and the time."""
+    """Where and how a result was measured: CPU, cores, load, versions, the git state, the command and the time."""
     import torch
 
     info = {
@@ -45,6 +58,7 @@ def environment() -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "command": " ".join(["python", *sys.orig_argv[1:]]),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **git_state(),
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()

@@ -146,12 +146,12 @@ def speed_markdown(results: dict) -> list:
     return lines + [""]
 
 
-def accuracy_markdown(study: dict) -> list:
+def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
     """Lines of the accuracy table: mean +- std over the folds and the per-fold values of every row."""
     s = study["settings"]
     state = "" if study.get("complete") else " **(incomplete: still running or stopped; folds so far)**"
     lines = [
-        "### Accuracy study (synthetic benchmark, subject-independent folds)" + state, "",
+        f"### Accuracy study (synthetic benchmark, subject-independent folds): `{source}`" + state, "",
         f"{s['subjects']} synthetic subjects, {s['folds']} folds (the same folds for every row), {s['preset']} preset, "
         f"{s['epochs']} epoch(s), batch {s['batch_size']}, learning rate {s['learning_rate']}, test intensities "
         f"{s['test_intensities']} (static rows); recipe: {s['recipe']}"
@@ -188,9 +188,14 @@ def summary_markdown(results: dict) -> str:
         "are medians of repeated runs.",
         "",
     ]  # fmt: skip
+    commits = sorted({e["git_commit"][:10] for e in environments if e.get("git_commit")})
+    changed = sorted({path for e in environments for path in e.get("uncommitted_changes", [])})
+    if commits:
+        lines += [f"Code: commit {', '.join(commits)}"
+                  + (f"; files with uncommitted changes at run time: {', '.join(changed)}." if changed else "."), ""]  # fmt: skip
     lines += speed_markdown(results)
-    if "accuracy_study" in results:
-        lines += accuracy_markdown(results["accuracy_study"])
+    for name in sorted(name for name in results if name.startswith("accuracy_study")):  # e.g. a quick and a full run
+        lines += accuracy_markdown(results[name], f"{name}.json")
     return "\n".join(lines).rstrip() + "\n"
 
 

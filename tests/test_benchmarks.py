@@ -116,7 +116,8 @@ def _fixture_results(folder: Path) -> None:
     parsing = {"quick": True, "wrl": {"vertices": 8010, "load_scan_ms": 10.0, "naive_reader_ms": 60.0,
                "speedup_vs_naive": 6.0}, "bnt": {"grid": [220, 200], "load_scan_ms": 4.0, "reference_reader_ms": 2.0,
                "load_scan_over_reference": 2.0}, "environment": {"cpu_model": "Test CPU", "cpu_count": 2,
-               "load_average_1_5_15min": [1.5, 1.0, 1.0], "torch": "2.x", "command": "python -m benchmarks.bench_parsing"}}  # fmt: skip
+               "load_average_1_5_15min": [1.5, 1.0, 1.0], "torch": "2.x", "command": "python -m benchmarks.bench_parsing",
+               "git_commit": "0123456789abcdef", "uncommitted_changes": ["modeling_facet/rendering.py"]}}  # fmt: skip
     rows = [accuracy_study.summarise(row, [{"fold": 0, "value": 0.5, "seconds": 1.0}]) for row in accuracy_study.ROWS]
     rows[-1]["folds"][0]["words_in_training_class_prompts"] = ["disgusted"]
     study = {"quick": False, "complete": True, "wall_seconds": 12.0, "rows": rows,
@@ -135,6 +136,7 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
     markdown = report.write_report(tmp_path, readme=readme)
     summary = (tmp_path / "SUMMARY.md").read_text()
     assert markdown in summary and "Test CPU (2 cores)" in summary
+    assert "Code: commit 0123456789; files with uncommitted changes at run time: modeling_facet/rendering.py." in summary
     assert "| Scan parsing (quick) | .wrl, BU-3DFE size (8,010 vertices): load_scan | 10.00 ms |" in summary
     assert "6.00x faster" in summary and "`python -m benchmarks.bench_parsing`" in summary
     for row in accuracy_study.ROWS:
