@@ -19,6 +19,7 @@ import time
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import confusion_matrix
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -114,7 +115,7 @@ def cnn_baseline(config: SyntheticConfig, train_subjects: int = 60, test_subject
     x_train, y_train, _ = depth_dataset(config, range(train_subjects), size)
     x_test, y_test, _ = depth_dataset(config, range(train_subjects, train_subjects + test_subjects), size)
     inputs, labels = _cnn_inputs(x_train), torch.from_numpy(y_train)
-    test_inputs, test_labels = _cnn_inputs(x_test), torch.from_numpy(y_test)
+    test_inputs = _cnn_inputs(x_test)
 
     def block(channels_in, channels_out):
         return nn.Sequential(
@@ -144,10 +145,12 @@ def cnn_baseline(config: SyntheticConfig, train_subjects: int = 60, test_subject
             schedule.step()
     net.eval()
     with torch.no_grad():
-        accuracy = (net(test_inputs).argmax(dim=1) == test_labels).float().mean().item()
+        predicted = net(test_inputs).argmax(dim=1).numpy()
     return {
         "train_subjects": train_subjects, "test_subjects": test_subjects, "test_scans": len(y_test), "epochs": epochs,
-        "train_seconds": round(time.perf_counter() - start, 1), "accuracy": round(accuracy, 4),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "accuracy": round(float((predicted == y_test).mean()), 4),
+        "labels": list(EMOTION_CODES), "confusion_matrix": confusion_matrix(y_test, predicted).tolist(),
     }
 
 

@@ -56,7 +56,7 @@ BU4DFE_LANDMARK_DIR = "BU4DFE_BND_V1.1"
 PROTOTYPES = {
     "AN": ({4: 1.0, 23: 0.9}, {5: 0.6, 7: 0.8, 24: 0.7}),
     "DI": ({9: 1.0, 15: 0.6}, {16: 0.6, 10: 0.7}),
-    "FE": ({1: 0.9, 2: 0.6, 4: 0.7, 20: 1.0}, {5: 0.8, 7: 0.5, 25: 0.6, 26: 0.5}),
+    "FE": ({1: 0.9, 2: 0.6, 4: 0.9, 20: 1.0}, {5: 0.8, 7: 0.5, 25: 0.6, 26: 0.5}),
     "HA": ({12: 1.0}, {6: 0.8, 25: 0.5}),
     "SA": ({1: 0.8, 15: 1.0}, {4: 0.6, 17: 0.6}),
     "SU": ({1: 1.0, 2: 1.0, 26: 1.0}, {5: 0.4, 27: 0.5}),
@@ -188,7 +188,7 @@ class SyntheticConfig:
     pose_sigma_deg: tuple = (7.0, 6.0, 3.0)
     scanner_offset_mm: tuple = ((-5.0, 15.0), (-30.0, 0.0), (-5.0, 10.0))
     translation_sigma_mm: float = 3.0
-    noise_sigma_mm: tuple = (0.05, 0.4)
+    noise_sigma_mm: tuple = (0.05, 0.3)
     spike_prob: float = 0.3
     max_spikes: int = 12
     spike_sigma_mm: float = 4.0
@@ -452,9 +452,9 @@ def _action_unit_fields(x, y, shape) -> np.ndarray:
     outer_brow = _gauss(ax - ex - 8.0, 13.0) * _gauss(fy - brow_y, 12.0)
     add(2, outer_brow, dx=side, dy=6.0, dz=-0.5)
     add(2, outer_brow * _gauss(fy - brow_y - 12.0, 8.0) * np.cos(2 * np.pi * (fy - brow_y) / 9.0), dz=0.8)
-    add(4, _gauss(ax - ex + 6.0, 16.0) * _gauss(fy - brow_y, 10.0), dx=-3.0 * side, dy=-4.5, dz=2.0)
+    add(4, _gauss(ax - ex + 6.0, 16.0) * _gauss(fy - brow_y, 10.0), dx=-3.0 * side, dy=-4.5, dz=2.5)
     glabella = _gauss(fx, 7.0) * _gauss(fy - brow_y + 4.0, 7.0)
-    add(4, glabella, dz=2.5)
+    add(4, glabella, dz=3.0)
     add(4, glabella * np.cos(2 * np.pi * fx / 8.0), dz=1.0)
     add(4, upper_lid, dy=-1.5)
     add(5, upper_lid, dy=3.5, dz=-2.0)
@@ -480,7 +480,8 @@ def _action_unit_fields(x, y, shape) -> np.ndarray:
     add(17, _gauss(fx, 16.0) * _gauss(fy - chin_y - 5.0, 10.0), dy=4.0, dz=4.0)
     add(17, lower_lip, dy=2.5, dz=2.5)
     add(20, corner, dx=7.0 * side, dy=-1.0, dz=-1.5)
-    add(20, _gauss(fx, 0.8 * mw) * _gauss(fy - my, 6.0), dz=-2.0)
+    add(20, _gauss(fx, 0.8 * mw) * _gauss(fy - my, 6.0), dz=-2.5)
+    add(20, lower_lip, dy=-1.5)
     add(23, _gauss(fx, 0.9 * mw) * _gauss(fy - my, 7.0), dz=-3.0)
     add(23, corner, dx=-2.5 * side)
     add(24, upper_lip, dy=-2.0, dz=-1.5)
