@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=["modeling_facet", "datasets_scripts", "training", "training.metrics", "benchmarks"],
+    packages=["modeling_facet", "datasets_scripts", "training", "training.metrics", "app", "benchmarks"],
     package_data={"training": ["configs/*.yaml"], "training.metrics": ["*/*.py"]},
     install_requires=[
         "torch>=2.4,<2.14",  # `pip install torch==2.13.0` (the CPU wheel) satisfies this
