@@ -64,13 +64,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subjects", type=int, help="accuracy study: synthetic subjects")
     parser.add_argument("--folds", type=int, help="accuracy study: subject-independent folds")
     parser.add_argument("--epochs", type=int, help="accuracy study: training epochs")
+    parser.add_argument("--workers", type=int, help="accuracy study: folds run in parallel processes")
 
 
 def run_suite(arguments: argparse.Namespace) -> int:
     """Run the selected benchmarks one after the other, then regenerate the summary; returns 1 if one failed."""
     output_dir = Path(arguments.output_dir).resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
-    accuracy_flags = [flag for name in ("subjects", "folds", "epochs") if getattr(arguments, name) is not None
+    accuracy_flags = [flag for name in ("subjects", "folds", "epochs", "workers") if getattr(arguments, name) is not None
                       for flag in (f"--{name}", str(getattr(arguments, name)))]  # fmt: skip
     environment = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
     failed = []

@@ -31,7 +31,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `facet-vlm` does; read when torch starts OpenMP
 
 import argparse  # noqa: E402
+import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
+import multiprocessing  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -207,9 +209,38 @@ def _fold_record(fold: int, metrics: dict, row: StudyRow, seconds: float) -> dic
     return record
 
 
+def run_fold(fold: int, cfg, roots: dict, workdir, keep_work: bool = False, threads: int | None = None) -> dict:
+    """Every row on `fold`: its test subjects and one record per row (run in a worker process when `--workers` > 1,
+    where `threads` caps torch's intra-op threads so that the workers share the cores instead of competing)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    subjects_of_fold = fold_test_subjects(row_config(ROWS[0], cfg, fold, roots, workdir), roots)
+    subjects_of_fold["same_people"] = _same_people(subjects_of_fold["scans"], subjects_of_fold["sequences"])
+    records = {}
+    for row in ROWS:
+        start = time.perf_counter()
+        run_cfg = row_config(row, cfg, fold, roots, workdir)
+        metrics = run_row(row, run_cfg)
+        records[row.name] = _fold_record(fold, metrics, row, time.perf_counter() - start)
+        if not keep_work:
+            shutil.rmtree(run_cfg.output, ignore_errors=True)
+        print(f"[fold {fold}] {row.name}: {row.metric} {records[row.name]['value']:.4f} "
+              f"({records[row.name]['seconds']:.0f} s)", flush=True)  # fmt: skip
+    if not keep_work:
+        shutil.rmtree(Path(workdir) / "cache" / f"fold-{fold}", ignore_errors=True)
+    return {"fold": fold, "test_subjects": subjects_of_fold, "records": records}
+
+
 def run(quick: bool = False, subjects: int | None = None, folds: int | None = None, epochs: int | None = None,
-        output=None, work_dir=None, keep_work: bool = False) -> dict:  # fmt: skip
-    """Run every row on every fold, rewriting `output` (JSON) after each (row, fold); returns the final results."""
+        output=None, work_dir=None, keep_work: bool = False, workers: int = 1) -> dict:  # fmt: skip
+    """Run every row on every fold, rewriting `output` (JSON) after each fold; returns the final results.
+
+    With `workers` > 1 the folds run in that many processes, each with an equal share of the cores for torch: on
+    the 2-core machine two single-threaded trainings process about 1.5x the samples per second of one two-threaded
+    training (small preset: about 44 samples/s each against 58).
+    """
     defaults = QUICK if quick else FULL
     subjects, folds = subjects or defaults["subjects"], folds or defaults["folds"]
     epochs = epochs or defaults["epochs"]
@@ -226,32 +257,33 @@ def run(quick: bool = False, subjects: int | None = None, folds: int | None = No
             "protocol": cfg.protocol, "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size,
             "test_intensities": cfg.test_intensities, "train_intensities": cfg.train_intensities, "seed": cfg.seed,
             "recipe": "training.demo.demo_config (subjects, epochs and folds replaced)",
-            "zero_shot_words": ZERO_SHOT_WORDS, "std": "population (ddof=0) across folds",
+            "zero_shot_words": ZERO_SHOT_WORDS, "std": "population (ddof=0) across folds", "workers": workers,
         },  # fmt: skip
         "load_average_before": load_average(),
         "fold_test_subjects": [],
         "rows": [summarise(row, []) for row in ROWS],
     }
-    per_row = {row.name: [] for row in ROWS}
     roots = write_trees(cfg, workdir)
-    for fold in range(folds):
-        subjects_of_fold = fold_test_subjects(row_config(ROWS[0], cfg, fold, roots, workdir), roots)
-        subjects_of_fold["same_people"] = _same_people(subjects_of_fold["scans"], subjects_of_fold["sequences"])
-        results["fold_test_subjects"].append({"fold": fold, **subjects_of_fold})
-        for row in ROWS:
-            start = time.perf_counter()
-            run_cfg = row_config(row, cfg, fold, roots, workdir)
-            metrics = run_row(row, run_cfg)
-            per_row[row.name].append(_fold_record(fold, metrics, row, time.perf_counter() - start))
-            if not keep_work:
-                shutil.rmtree(run_cfg.output, ignore_errors=True)
-            results["rows"] = [summarise(r, per_row[r.name]) for r in ROWS]
-            results["wall_seconds"] = round(time.perf_counter() - started, 1)
-            write_json(results, output, echo=False)
-            print(f"[fold {fold}] {row.name}: {row.metric} {per_row[row.name][-1]['value']:.4f} "
-                  f"({per_row[row.name][-1]['seconds']:.0f} s)", flush=True)  # fmt: skip
-        if not keep_work:
-            shutil.rmtree(Path(workdir) / "cache" / f"fold-{fold}", ignore_errors=True)
+    done = []
+
+    def record(fold_result: dict):
+        done.append(fold_result)
+        done.sort(key=lambda result: result["fold"])
+        results["fold_test_subjects"] = [{"fold": result["fold"], **result["test_subjects"]} for result in done]
+        results["rows"] = [summarise(row, [result["records"][row.name] for result in done]) for row in ROWS]
+        results["wall_seconds"] = round(time.perf_counter() - started, 1)
+        write_json(results, output, echo=False)
+
+    if workers <= 1:
+        for fold in range(folds):
+            record(run_fold(fold, cfg, roots, workdir, keep_work))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            jobs = [pool.submit(run_fold, fold, cfg, roots, workdir, keep_work, threads) for fold in range(folds)]
+            for job in concurrent.futures.as_completed(jobs):
+                record(job.result())
     results["complete"] = True
     results["load_average_after"] = load_average()
     results["wall_seconds"] = round(time.perf_counter() - started, 1)
@@ -271,6 +303,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--output", default=str(RESULTS_DIR / "accuracy_study.json"), help="JSON file to write")
     parser.add_argument("--work-dir", help="folder for the data, caches and runs (default: a temporary folder)")
     parser.add_argument("--keep-work", action="store_true", help="keep the trained models and rendered caches")
+    parser.add_argument("--workers", type=int, default=1, help="folds run in parallel processes (default 1)")
     arguments = parser.parse_args(argv)
     results = run(**vars(arguments))
     for row in results["rows"]:
