@@ -102,6 +102,8 @@ def test_every_row_runs_on_the_same_folds_and_recipe(tmp_path):
     assert len({c.output for c in configs}) == len(configs)
     zero_shot = next(c for row, c in zip(accuracy_study.ROWS, configs) if row.kind == "zero_shot")
     assert sorted(zero_shot.exclude_words) == sorted(accuracy_study.ZERO_SHOT_WORDS.values())
+    augment_views = {row.name: c.augment_views for row, c in zip(accuracy_study.ROWS, configs)}
+    assert augment_views.pop("view_augmentation") is True and set(augment_views.values()) == {cfg.augment_views}
 
 
 def test_summarise_gives_mean_std_and_per_fold_values():
