@@ -103,12 +103,15 @@ def _clean(scan: FaceScan, source: str):
     if faces.min() < 0 or faces.max() >= len(vertices):
         found = f"[{faces.min()}, {faces.max()}]"
         raise ScanFormatError(source, f"face indices must lie in [0, {len(vertices)}), got {found}")
-    kept_faces = np.isfinite(vertices).all(axis=1)[faces].all(axis=1)
-    faces = faces[kept_faces]
+    finite = np.isfinite(vertices).all(axis=1)
+    kept_faces = finite[faces].all(axis=1) if not finite.all() else np.ones(len(faces), dtype=bool)
+    faces = faces[kept_faces] if not kept_faces.all() else faces
     used = np.zeros(len(vertices), dtype=bool)
     used[faces.ravel()] = True
     if not used.any():
         raise ScanFormatError(source, "empty mesh: no face is left after removing NaN/inf vertices")
+    if used.all():  # the common case: nothing to drop or renumber
+        return vertices, faces.astype(np.int64), kept_faces
     new_index = np.cumsum(used) - 1
     return vertices[used], new_index[faces].astype(np.int64), kept_faces
 
