@@ -185,11 +185,21 @@ def test_collator_augmentation_and_prompts():
         FacetDataCollator(processor, ["anger"])([{"pixel_values": torch.zeros(3, 5, 32, 32)}])
 
 
+# Both launchers hf-stack.md section 8 found to start two gloo processes on a CPU-only machine (`accelerate launch
+# --cpu --num_processes 2` silently starts one).
+LAUNCHERS = {
+    "torchrun": ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"],
+    "accelerate": ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29534"],
+}  # fmt: skip
+
+
 @pytest.mark.skipif(not hasattr(torch.distributed, "is_available") or not torch.distributed.is_available(),
                     reason="torch.distributed is not available")  # fmt: skip
-def test_torchrun_two_processes_sync_and_only_rank_zero_writes(tmp_path, cache_dir):
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_two_processes_sync_and_only_rank_zero_writes(tmp_path, cache_dir, launcher):
     single = train(tiny_config(tmp_path / "warm", cache_dir, max_steps=1))  # renders the data once, one process
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    command = [sys.executable, "-m", *LAUNCHERS[launcher],
                "-m", "training.train", "--preset", "tiny", "--dataset", "synthetic", "--protocol", "all",
                "--synthetic-subjects", "4", "--num-folds", "2", "--seed", "3", "--batch-size", "4", "--max-steps", "3",
                "--cache-dir", cache_dir, "--output", str(tmp_path / "ddp")]  # fmt: skip
