@@ -6,7 +6,8 @@ DIR/accuracy_study.json. Then `benchmarks.report` regenerates DIR/SUMMARY.md (an
 README's results section) from the JSON files.
 
 Names: parsing, rendering, processor, views, training, pipeline, synthetic (the speed benchmarks, group "speed"),
-accuracy (the accuracy study); "all" (default) is every one of them.
+accuracy (the accuracy study), pretraining (what synthetic pretraining adds; benchmarks/pretraining_gain.py);
+"all" (default) is every one of them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ SPEED = {
     "synthetic": "benchmarks.bench_synthetic",
 }  # fmt: skip
 ACCURACY = {"accuracy": "benchmarks.accuracy_study"}
-BENCHMARKS = {**SPEED, **ACCURACY}
+BENCHMARKS = {**SPEED, **ACCURACY, "pretraining": "benchmarks.pretraining_gain"}
 GROUPS = {"all": list(BENCHMARKS), "speed": list(SPEED)}
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the folder that holds the benchmarks package
 

@@ -174,6 +174,30 @@ def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
     return lines + [""]
 
 
+def pretraining_markdown(r: dict) -> list:
+    """Lines of the synthetic-pretraining table: accuracy of each arm per fold, and the gain."""
+    s = r["settings"]
+    arms = {"scratch": "from scratch (small preset)", "synthetic_pretraining": f"fine-tuned from `{r['pretrained']}`"}
+    lines = [
+        "### What synthetic pretraining adds (`--init-from`): `pretraining.json`", "",
+        f"Target: {s['target_subjects']} synthetic subjects of other people (generator seed {s['target_seed']}), "
+        f"folds 0-{s['folds_run'] - 1} of {s['num_folds']}, {s['epochs']} epoch(s), test intensities "
+        f"{s['test_intensities']}; recipe: {s['recipe']}"
+        + ("; **quick mode: a CI-sized check, not a result**" if r.get("quick") else "") + ". "
+        f"Mean gain of pretraining: **{r['mean_gain'] * 100:+.1f} points** (per fold "
+        + ", ".join(f"{gain * 100:+.1f}" for gain in r["gain_per_fold"]) + "). "
+        f"Command: `{_environment(r).get('command', '-')}`",
+        "",
+        "| arm | mean accuracy | std | per fold |",
+        "|---|---|---|---|",
+    ]  # fmt: skip
+    for arm, title in arms.items():
+        summary = r["arms"][arm]
+        folds = ", ".join(f"{value:.3f}" for value in summary["per_fold"])
+        lines.append(f"| {title} | {_number(summary['mean'], 3)} | {_number(summary['std'], 3)} | {folds} |")
+    return lines + [""]
+
+
 def summary_markdown(results: dict) -> str:
     """The Markdown summary of every result: machine, speed table, accuracy table, and how to regenerate it."""
     environments = [_environment(r) for r in results.values() if _environment(r)]
@@ -196,6 +220,8 @@ def summary_markdown(results: dict) -> str:
     lines += speed_markdown(results)
     for name in sorted(name for name in results if name.startswith("accuracy_study")):  # e.g. a quick and a full run
         lines += accuracy_markdown(results[name], f"{name}.json")
+    if "pretraining" in results:
+        lines += pretraining_markdown(results["pretraining"])
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -127,8 +127,14 @@ def _fixture_results(folder: Path) -> None:
                           "learning_rate": 0.002, "test_intensities": [3, 4], "recipe": "demo",
                           "zero_shot_words": accuracy_study.ZERO_SHOT_WORDS},
              "environment": {"cpu_model": "Test CPU", "cpu_count": 2, "command": "python -m benchmarks.accuracy_study"}}  # fmt: skip
+    arm = {"mean": 0.6, "std": 0.1, "per_fold": [0.5, 0.7]}
+    pretraining = {"quick": False, "pretrained": "outputs/demo/model", "mean_gain": 0.15, "gain_per_fold": [0.1, 0.2],
+                   "arms": {"scratch": arm, "synthetic_pretraining": {**arm, "mean": 0.75, "per_fold": [0.6, 0.9]}},
+                   "settings": {"target_subjects": 20, "target_seed": 7, "folds_run": 2, "num_folds": 5, "epochs": 12,
+                                "test_intensities": [3, 4], "recipe": "demo"}, "environment": {}}  # fmt: skip
     (folder / "parsing.json").write_text(json.dumps(parsing))
     (folder / "accuracy_study.json").write_text(json.dumps(study))
+    (folder / "pretraining.json").write_text(json.dumps(pretraining))
 
 
 def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path):
@@ -144,6 +150,8 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
     for row in accuracy_study.ROWS:
         assert f"| {row.description} | {row.metric} | 0.500 | 0.000 | 0.500 |" in summary
     assert "disgusted is also its class's canonical prompt word" in summary
+    assert "Mean gain of pretraining: **+15.0 points** (per fold +10.0, +20.0)" in summary
+    assert "| fine-tuned from `outputs/demo/model` | 0.750 | 0.100 | 0.600, 0.900 |" in summary
     text = readme.read_text()
     assert text.startswith("# Project\n\nIntro.\n\n## Usage\n\nText.\n\n## Benchmark results\n")
     assert text.count(report.START_MARKER) == 1 and text.count(report.END_MARKER) == 1
