@@ -60,6 +60,7 @@ _NOSE_TIP_NAME = re.compile(r"nose[\W_]*tip|pronasale", re.IGNORECASE)
 # Candidate window sides (pixels) that the rasterizer rounds triangles' bounding-box widths and heights up to.
 _WINDOW_SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 _MAX_SAMPLES_PER_CHUNK = 1 << 21
+_CPU_PIXELS_PER_PASS = 1 << 18
 _BARYCENTRIC_TOLERANCE = 1e-5
 
 
@@ -362,11 +363,10 @@ def _draw_windows(keys, planes, pixel_base, first_triangle: int, window: tuple, 
     chunk = max(1, _MAX_SAMPLES_PER_CHUNK // window_size)
     for start in range(0, planes.shape[2], chunk):
         values = samples.T @ planes[:, :, start : start + chunk]  # (4, window_size, n)
-        nearest_weight = torch.minimum(torch.minimum(values[1], values[2]), values[3])
+        outside = torch.minimum(torch.minimum(values[1], values[2]), values[3]) < -_BARYCENTRIC_TOLERANCE
         count = values.shape[2]
         triangle = torch.arange(start + first_triangle, start + first_triangle + count, device=keys.device)
-        key = values[0].long() * 2**32 + triangle
-        key = torch.where(nearest_weight >= -_BARYCENTRIC_TOLERANCE, key, 0)
+        key = values[0].long().bitwise_left_shift_(32).add_(triangle).masked_fill_(outside, 0)
         pixel = pixel_base[start : start + chunk] + offset_pixel[:, None]
         keys.scatter_reduce_(0, pixel.view(-1), key.view(-1), reduce="amax")
 
@@ -505,17 +505,26 @@ class MultiviewRenderer:
         return self.render_batch([scan])[0]
 
     def render_batch(self, scans) -> np.ndarray:
-        """Renders a list of scans as (B, V, C, H, W) float32; the torch backend draws them all in one pass."""
+        """Renders a list of scans as (B, V, C, H, W) float32; the torch backend draws many scans per pass."""
         meshes = [_prepare(scan, self.face_size, "texture" in self.channels) for scan in scans]
         if not meshes:
             return np.zeros((0, len(self.views), self.num_channels, self.image_size, self.image_size), np.float32)
-        if self.backend == "torch":
-            fragments = self._torch_fragments(meshes)
+        if self.backend == "pyrender":
+            images = self._images(self._pyrender_fragments(meshes), len(meshes))
         else:
-            fragments = self._pyrender_fragments(meshes)
-        num_images = len(meshes) * len(self.views)
-        images = _compose_channels(self.channels, *fragments, num_images=num_images, size=self.image_size)
+            # On a GPU the whole batch is one pass; on the CPU a pass per few scans is faster, because a large
+            # batch's z-buffer and sort outgrow the caches (8 scans of 3 views at 224 px cost 1.3x the CPU time per
+            # scan of single-scan passes).
+            per_scan = len(self.views) * self.image_size**2
+            step = len(meshes) if self.device.type != "cpu" else max(1, _CPU_PIXELS_PER_PASS // per_scan)
+            passes = [meshes[start : start + step] for start in range(0, len(meshes), step)]
+            parts = [self._images(self._torch_fragments(part), len(part)) for part in passes]
+            images = parts[0] if len(parts) == 1 else torch.cat(parts)
         return images.reshape(len(meshes), len(self.views), *images.shape[1:]).cpu().numpy()
+
+    def _images(self, fragments, num_scans: int) -> torch.Tensor:
+        num_images = num_scans * len(self.views)
+        return _compose_channels(self.channels, *fragments, num_images=num_images, size=self.image_size)
 
     def _torch_fragments(self, meshes):
         device, num_views = self.device, len(self.views)

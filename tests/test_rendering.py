@@ -11,6 +11,7 @@ from PIL import Image
 from scipy import ndimage
 
 from benchmarks.bench_rendering import face_like_scan
+from modeling_facet import rendering
 from modeling_facet.mesh_io import FaceScan, ScanFormatError
 from modeling_facet.rendering import (
     AMBIENT,
@@ -167,12 +168,15 @@ def test_view_angles_move_the_nose(face):
     assert up[0] < frontal[0] - 3
 
 
-def test_render_batch_equals_stacked_renders(face):
+@pytest.mark.parametrize("pixels_per_pass", [1 << 18, 1])  # one pass for the batch; one pass per scan
+def test_render_batch_equals_stacked_renders(face, monkeypatch, pixels_per_pass):
+    monkeypatch.setattr(rendering, "_CPU_PIXELS_PER_PASS", pixels_per_pass)
     renderer = MultiviewRenderer(image_size=32)
     other = face_like_scan(rows=18, cols=15, seed=3)
-    batch = renderer.render_batch([face, other])
-    assert batch.shape == (2, 3, 5, 32, 32)
-    np.testing.assert_allclose(batch, np.stack([renderer.render(face), renderer.render(other)]), atol=1e-6)
+    batch = renderer.render_batch([face, other, face])
+    assert batch.shape == (3, 3, 5, 32, 32)
+    singles = [renderer.render(face), renderer.render(other), renderer.render(face)]
+    np.testing.assert_allclose(batch, np.stack(singles), atol=1e-6)
     assert renderer.render_batch([]).shape == (0, 3, 5, 32, 32)
 
 
