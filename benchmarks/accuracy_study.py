@@ -8,8 +8,8 @@ across folds with the per-fold values. The recipe (preset, learning rate, batch 
 Rows: FACET-VLM with every part; without CVSA (mean of the views); without MTGF; without L_cons; without L_gf; a
 single frontal view; 5 views (yaw 0, +-20, +-40); with the mixed view augmentation that the recipe leaves off; the
 baselines of benchmarks/baselines.py (frontal depth map + logistic regression, MVCNN); 4D (BU-4DFE-layout synthetic
-sequences); action units (multi-label, mean F1); and zero-shot labels: trained with the synonyms in
-`ZERO_SHOT_WORDS` kept out of the augmented prompts, then tested with those synonyms as the class names.
+sequences cut into sliding windows); action units (multi-label, mean F1); and zero-shot labels: trained with the
+synonyms in `ZERO_SHOT_WORDS` kept out of the augmented prompts, then tested with those synonyms as the class names.
 
     python -m benchmarks.accuracy_study --quick        # CI-sized: 6 subjects, 2 folds, 1 epoch, every row
     python -m benchmarks.accuracy_study                # 20 subjects, 5 folds, the recipe's epochs
@@ -79,7 +79,8 @@ ROWS = (
              training_overrides={"augment_views": True}),
     StudyRow("depth_logreg", "baseline: frontal depth map + logistic regression", kind="depth_logreg"),
     StudyRow("mvcnn", "baseline: MVCNN (shared CNN per view, mean of view logits)", kind="mvcnn"),
-    StudyRow("facet_vlm_4d", "FACET-VLM 4D: synthetic BU-4DFE-layout sequences", dataset="synthetic4d"),
+    StudyRow("facet_vlm_4d", "FACET-VLM 4D: synthetic BU-4DFE-layout sequences, sliding windows (12 frames, stride 6)",
+             dataset="synthetic4d", training_overrides={"window_length": 12, "window_stride": 6}),
     StudyRow("facet_vlm_aus", "FACET-VLM action units (multi-label), mean F1", dataset="synthetic_aus",
              metric="mean_f1"),
     StudyRow("zero_shot", "zero-shot class names: synonyms never used in training prompts", kind="zero_shot"),
@@ -196,7 +197,7 @@ def summarise(row: StudyRow, folds: list) -> dict:
     values = [fold["value"] for fold in folds]
     return {
         "name": row.name, "description": row.description, "kind": row.kind, "dataset": row.dataset,
-        "metric": row.metric, "model_overrides": dict(row.overrides),
+        "metric": row.metric, "model_overrides": dict(row.overrides), "training_overrides": dict(row.training_overrides),
         "mean": float(np.mean(values)) if values else None, "std": float(np.std(values)) if values else None,
         "per_fold": values, "folds": folds, "wall_seconds": round(sum(fold["seconds"] for fold in folds), 1),
     }  # fmt: skip

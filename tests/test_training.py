@@ -210,3 +210,13 @@ def test_two_processes_sync_and_only_rank_zero_writes(tmp_path, cache_dir, launc
     assert metrics["world_size"] == 2 and metrics["parameters_in_sync"] is True
     assert metrics["num_samples"] == single["num_samples"]  # every test sample counted once, from both ranks
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir() if p.name.startswith("metrics")) == ["metrics.json"]
+
+
+def test_sequences_train_on_sliding_windows(tmp_path, cache_dir):
+    whole = train(tiny_config(tmp_path / "whole", cache_dir, dataset="synthetic4d", max_steps=1))
+    windows = train(tiny_config(tmp_path / "windows", cache_dir, dataset="synthetic4d", max_steps=1,
+                                window_length=8, window_stride=8))  # fmt: skip
+    # Synthetic sequences have 16-32 frames, so each gives 2 to 4 windows of 8, every window an example.
+    for key in ("train_samples", "num_samples"):
+        assert 2 * whole[key] <= windows[key] <= 4 * whole[key]
+    assert whole["num_samples"] == 2 * 6  # the 2 test subjects' 6 sequences

@@ -117,7 +117,8 @@ def _builder(name: str, data_dir, image_processor, cfg, fold, protocol):
     spec = DATASETS[name]
     settings = dict(views=tuple(tuple(view) for view in image_processor.views), image_size=image_processor.image_size,
                     channels=tuple(image_processor.channels), backend=image_processor.backend,
-                    num_frames=image_processor.num_frames)  # fmt: skip
+                    num_frames=image_processor.num_frames, window_length=cfg.window_length,
+                    window_stride=cfg.window_stride)  # fmt: skip
     if name.startswith("synthetic") and data_dir is None:
         settings.update(num_subjects=cfg.synthetic_subjects, data_seed=cfg.seed)
     return spec.builder_class()(

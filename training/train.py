@@ -45,6 +45,8 @@ class TrainConfig:
     eval_data_dir: str | None = None
     eval_protocol: str = "all"
     synthetic_subjects: int = 100
+    window_length: int | None = None  # 4D datasets: sliding windows of this many frames, one example each
+    window_stride: int = 1  # frames between the starts of consecutive windows
     train_intensities: list | None = None
     test_intensities: list | None = None
     preset: str = "small"
