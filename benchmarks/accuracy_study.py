@@ -147,9 +147,9 @@ def _zero_shot(cfg, trained: dict) -> dict:
     words = [ZERO_SHOT_WORDS[name] for name in test.label_names]
     metrics = evaluate_split(model, processor, test, words, device)
     metrics["accuracy_with_training_label_names"] = trained["accuracy"]
-    # A synonym that is its class's canonical prompt word is in the training class prompts whatever exclude_words says.
+    # Training named each class by its first word outside exclude_words: none of the zero-shot words (checked).
     metrics["words_in_training_class_prompts"] = [word for name, word in zip(test.label_names, words)
-                                                  if label_word(name) == word]  # fmt: skip
+                                                  if label_word(name, cfg.exclude_words) == word]  # fmt: skip
     return metrics
 
 

@@ -169,8 +169,9 @@ def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
     if zero_shot:
         seen = sorted({word for fold in zero_shot["folds"] for word in fold.get("words_in_training_class_prompts", [])})
         lines += ["", f"Zero-shot class names: {', '.join(s['zero_shot_words'].values())}."
-                  + (f" Of these, {', '.join(seen)} is also its class's canonical prompt word, so it appears in the "
-                     "training class prompts (exclude_words only keeps words out of the augmented prompts)." if seen else "")]  # fmt: skip
+                  + (f" Of these, {', '.join(seen)} appeared in the training class prompts (it was its class's "
+                     "canonical prompt word), so it was not unseen." if seen
+                     else " None of them appeared in any training prompt.")]  # fmt: skip
     return lines + [""]
 
 

@@ -199,7 +199,8 @@ class FacetVLMProcessor(ProcessorMixin):
         """One prompt per sample. `sample_labels` holds a class id (into `labels`) or name per sample, a list of
         them for multi-label samples, or a (B, C) multi-hot array. With `augment`, each prompt is drawn by
         [`prompts.sample_prompt`] (random template and synonym not in `exclude_words`, the subject from the
-        sample's `metadata` dict); without it, it is the class's prompt under the first template."""
+        sample's `metadata` dict); without it, it is the class's prompt under the first template (named as in
+        [`prompts.label_word`] with `exclude_words`)."""
         label_sets = _label_sets(sample_labels, labels)
         if metadata is not None and len(metadata) != len(label_sets):
             raise ValueError(f"metadata has {len(metadata)} entries for {len(label_sets)} sample labels.")
@@ -211,7 +212,7 @@ class FacetVLMProcessor(ProcessorMixin):
             if augment:
                 prompts.append(sample_prompt(label, rng, subject, exclude_words, family, self.metadata_probability))
             else:
-                prompts.append(label_prompt(label, check_templates(family)[0]))
+                prompts.append(label_prompt(label, check_templates(family)[0], exclude_words))
         return prompts
 
     def __call__(
@@ -244,7 +245,8 @@ class FacetVLMProcessor(ProcessorMixin):
             seed (`int`, *optional*): makes the augmentation and the prompt sampling reproducible.
             templates (list of `str`, *optional*): templates replacing the processor's defaults for this call.
             hypothesis_template (`str`, *optional*): a single template for the class prompts.
-            exclude_words: synonyms never drawn for augmented prompts (e.g. held out for zero-shot evaluation).
+            exclude_words: words kept out of every prompt (e.g. held out for zero-shot evaluation): augmented
+                prompts never draw them, and a class whose canonical word is excluded is named by its next synonym.
             return_tensors: "pt" (default), "np" or None (numpy arrays).
             padding: True / "longest" or "max_length".
         """
@@ -261,7 +263,7 @@ class FacetVLMProcessor(ProcessorMixin):
             data.update(self.image_processor(scans, augment=augment, seed=seed))
         if labels is not None:
             labels = [labels] if isinstance(labels, str) else list(labels)
-            prompts = class_prompts(labels, self._templates_for(labels, templates))
+            prompts = class_prompts(labels, self._templates_for(labels, templates), exclude_words)
             ids, mask = self._tokenize([prompt for row in prompts for prompt in row], padding)
             data["input_ids"] = ids.reshape(len(labels), len(prompts[0]), -1)
             data["attention_mask"] = mask.reshape(data["input_ids"].shape)

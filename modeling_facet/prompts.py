@@ -134,10 +134,18 @@ def label_synonyms(label: str) -> tuple:
     return SYNONYMS[name] if name is not None else (str(label),)
 
 
-def label_word(label: str) -> str:
-    """The canonical prompt word of `label` ("happiness" -> "happy", "AU12" -> "lip corner puller"); an unknown
-    label is returned unchanged."""
-    return label_synonyms(label)[0]
+def label_word(label: str, exclude: Sequence = ()) -> str:
+    """The canonical prompt word of `label` ("happiness" -> "happy", "AU12" -> "lip corner puller"), or its first
+    synonym not in `exclude`; an unknown label is returned unchanged.
+
+    Raises:
+        ValueError: every word of the label is excluded.
+    """
+    excluded = {str(word).strip().lower() for word in exclude}
+    words = [word for word in label_synonyms(label) if word.lower() not in excluded]
+    if not words:
+        raise ValueError(f"Every word for label {label!r} is excluded ({label_synonyms(label)}); keep at least one.")
+    return words[0]
 
 
 def default_templates(labels, expression_templates=EXPRESSION_TEMPLATES, action_unit_templates=ACTION_UNIT_TEMPLATES):
@@ -171,14 +179,15 @@ def fix_articles(text: str) -> str:
     return _ARTICLE.sub(replace, text)
 
 
-def class_prompts(labels, templates=None) -> list:
+def class_prompts(labels, templates=None, exclude: Sequence = ()) -> list:
     """The C x K prompts of C class labels under K templates (default: [`default_templates`]); evaluation averages
-    the K prompt embeddings of each class into its prototype."""
+    the K prompt embeddings of each class into its prototype. A label whose canonical word is in `exclude` is named
+    by its first synonym that is not."""
     labels = [labels] if isinstance(labels, str) else list(labels)
     if not labels:
         raise ValueError("class_prompts needs at least one label.")
     templates = check_templates(default_templates(labels) if templates is None else templates)
-    return [[label_prompt(label, template) for template in templates] for label in labels]
+    return [[label_prompt(label, template, exclude) for template in templates] for label in labels]
 
 
 def _label_list(label) -> list:
@@ -190,10 +199,11 @@ def _join_words(words) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
 
-def label_prompt(label, template: str) -> str:
-    """The canonical prompt of `label` (a class name, or a sequence of them joined with "and") under `template`."""
-    labels = _label_list(label)
-    return fix_articles(check_templates(template)[0].format(_join_words([label_word(name) for name in labels])))
+def label_prompt(label, template: str, exclude: Sequence = ()) -> str:
+    """The canonical prompt of `label` (a class name, or a sequence of them joined with "and") under `template`,
+    with the words of [`label_word`]."""
+    words = [label_word(name, exclude) for name in _label_list(label)]
+    return fix_articles(check_templates(template)[0].format(_join_words(words)))
 
 
 def _age_word(age) -> str | None:
@@ -258,9 +268,8 @@ def sample_prompt(
     excluded = {str(word).strip().lower() for word in exclude}
     words = []
     for name in labels:
+        label_word(name, exclude)  # raises when every word is excluded
         candidates = [word for word in label_synonyms(name) if word.lower() not in excluded]
-        if not candidates:
-            raise ValueError(f"Every word for label {name!r} is excluded ({label_synonyms(name)}); keep at least one.")
         words.append(candidates[int(rng.integers(len(candidates)))])
     word = _join_words(words)
     action_units = all(map(is_action_unit, labels))

@@ -149,7 +149,7 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
     assert "6.00x faster" in summary and "`python -m benchmarks.bench_parsing`" in summary
     for row in accuracy_study.ROWS:
         assert f"| {row.description} | {row.metric} | 0.500 | 0.000 | 0.500 |" in summary
-    assert "disgusted is also its class's canonical prompt word" in summary
+    assert "Of these, disgusted appeared in the training class prompts" in summary
     assert "Mean gain of pretraining: **+15.0 points** (per fold +10.0, +20.0)" in summary
     assert "| fine-tuned from `outputs/demo/model` | 0.750 | 0.100 | 0.600, 0.900 |" in summary
     text = readme.read_text()

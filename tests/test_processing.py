@@ -235,6 +235,8 @@ def test_sample_prompts(processor):
         text for seed in range(20) for text in processor.sample_prompts(**kwargs, seed=seed, exclude_words=held_out)
     }
     assert not any(word in text for text in kept for word in held_out)
+    renamed = processor(labels=["disgust"], hypothesis_template="a {} face", exclude_words=["disgusted"])
+    assert processor.batch_decode(renamed["input_ids"][0], skip_special_tokens=True) == ["a repulsed face"]
     plain = processor.sample_prompts([1, "surprise"], labels=LABELS)
     assert plain == ["a 3D face with a happy expression", "a 3D face with a surprised expression"]
     assert processor.sample_prompts(np.array([[1, 0, 1, 0]]), labels=LABELS) == [

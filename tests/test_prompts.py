@@ -117,6 +117,15 @@ def test_excluded_words_are_never_sampled():
         sample_prompt("contempt", rng, exclude=["Contempt"])
 
 
+def test_excluded_canonical_word_names_the_class_by_its_next_synonym():
+    assert label_word("disgust") == "disgusted"
+    assert label_word("disgust", exclude=["Disgusted"]) == SYNONYMS["disgust"][1]
+    prompts = class_prompts(["disgust", "happiness"], ["a {} face"], exclude=["disgusted", "joyful"])
+    assert prompts == [[f"a {SYNONYMS['disgust'][1]} face"], ["a happy face"]]
+    with pytest.raises(ValueError, match="excluded"):
+        class_prompts(["contempt"], exclude=["contempt"])
+
+
 def test_metadata_aware_prompts():
     metadata = {"gender": "F", "age": 23, "race": "AE"}
     assert subject_phrase(metadata) == "young East Asian woman"

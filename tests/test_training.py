@@ -220,3 +220,17 @@ def test_sequences_train_on_sliding_windows(tmp_path, cache_dir):
     for key in ("train_samples", "num_samples"):
         assert 2 * whole[key] <= windows[key] <= 4 * whole[key]
     assert whole["num_samples"] == 2 * 6  # the 2 test subjects' 6 sequences
+
+
+def test_excluded_words_stay_out_of_the_training_class_prompts():
+    from types import SimpleNamespace
+
+    from modeling_facet import FacetVLMConfig, FacetVLMProcessor
+    from training.train import BatchBuilder
+
+    processor = FacetVLMProcessor.from_model_config(FacetVLMConfig.from_preset("tiny"))
+    cfg = TrainConfig(exclude_words=["disgusted", "joyful"])
+    builder = BatchBuilder(cfg, processor, SimpleNamespace(label_names=["disgust", "happiness"]), "cpu")
+    prompts = [processor.batch_decode(row, skip_special_tokens=True) for row in builder.class_inputs["input_ids"]]
+    assert all("repulsed" in text and "disgusted" not in text for text in prompts[0])
+    assert all("happy" in text for text in prompts[1])

@@ -130,7 +130,7 @@ class BatchBuilder:
 
     def __init__(self, cfg: TrainConfig, processor, split: ExpressionSplit, device):
         self.cfg, self.processor, self.split, self.device = cfg, processor, split, device
-        prompts = processor(labels=split.label_names, return_tensors="pt")
+        prompts = processor(labels=split.label_names, exclude_words=cfg.exclude_words, return_tensors="pt")
         self.class_inputs = {"input_ids": prompts["input_ids"].to(device),
                              "attention_mask": prompts["attention_mask"].to(device)}  # fmt: skip
 
