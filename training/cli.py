@@ -44,7 +44,7 @@ def _train(args):
 
 def _evaluate(args):
     from training.evaluate_model import evaluate_checkpoint
-    from training.train import TrainConfig
+    from training.config import TrainConfig
 
     cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, protocol=args.protocol, fold=args.fold,
                       num_folds=args.num_folds, seed=args.seed, synthetic_subjects=args.synthetic_subjects,
@@ -139,7 +139,7 @@ def _add_push_arguments(parser):
 def build_parser() -> argparse.ArgumentParser:
     from app.settings import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MODEL_DIR, positive_megabytes
     from benchmarks.__main__ import add_arguments as add_bench_arguments
-    from training.train import add_arguments
+    from training.config import add_arguments
 
     parser = argparse.ArgumentParser(prog="facet-vlm", description="FACET-VLM: 3D/4D facial expression recognition.")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from modeling_facet.pipeline_facet import load_pipeline
 
-from .train import TrainConfig, train
+from .config import TrainConfig
+from .train import train
 
 
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"

@@ -13,12 +13,10 @@ import dataclasses
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from tqdm.auto import tqdm
@@ -27,68 +25,9 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor
 
 from . import checkpointing
-from .data import DATASETS, ExpressionSplit, is_multi_label, load_splits
+from .config import TrainConfig, add_arguments, config_from_args
+from .data import ExpressionSplit, is_multi_label, load_splits
 from .evaluate_model import compute_metrics, decide, predict, write_metrics
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; read from a YAML file (`--config`) and/or command-line flags."""
-
-    dataset: str = "synthetic"
-    data_dir: str | None = None
-    protocol: str = "standard"
-    fold: int = 0
-    num_folds: int = 10
-    cv: bool = False
-    eval_dataset: str | None = None
-    eval_data_dir: str | None = None
-    eval_protocol: str = "all"
-    synthetic_subjects: int = 100
-    window_length: int | None = None  # 4D datasets: sliding windows of this many frames, one example each
-    window_stride: int = 1  # frames between the starts of consecutive windows
-    train_intensities: list | None = None
-    test_intensities: list | None = None
-    preset: str = "small"
-    pretrained: str | None = None
-    vision_pretrained: str | None = None
-    text_pretrained: str | None = None
-    init_from: str | None = None
-    model_overrides: dict = field(default_factory=dict)
-    epochs: int = 20
-    max_steps: int | None = None
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    weight_decay: float = 0.05
-    warmup_ratio: float = 0.05
-    gradient_accumulation_steps: int = 1
-    max_grad_norm: float = 1.0
-    mixed_precision: str = "auto"
-    seed: int = 42
-    augment_views: bool = True
-    augment_prompts: bool = True
-    exclude_words: list = field(default_factory=list)
-    eval_every_epoch: bool = False
-    output: str = "outputs/run"
-    cache_dir: str | None = None
-    num_proc: int = 1
-    save_steps: int = 0
-    save_total_limit: int = 2
-    resume: bool = False
-
-    @classmethod
-    def from_yaml(cls, path, **overrides) -> "TrainConfig":
-        values = yaml.safe_load(Path(path).read_text()) or {}
-        unknown = set(values) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown training settings {sorted(unknown)}.")
-        return cls(**{**values, **overrides})
-
-    def __post_init__(self):
-        if self.dataset not in DATASETS:
-            raise ValueError(f"Unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}.")
-        if self.eval_dataset is not None and self.eval_dataset not in DATASETS:
-            raise ValueError(f"Unknown eval dataset {self.eval_dataset!r}; choose one of {sorted(DATASETS)}.")
 
 
 def _mixed_precision(requested: str) -> str:
@@ -354,26 +293,6 @@ def cross_validate(cfg: TrainConfig) -> dict:
     Path(cfg.output).mkdir(parents=True, exist_ok=True)
     (Path(cfg.output) / "cv_metrics.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def add_arguments(parser):
-    """Flags for every TrainConfig field (`--epochs 5`, `--model-overrides '{"cvsa": "mean"}'`), plus --config."""
-    parser.add_argument("--config", help="YAML file of training settings; flags override it.")
-    for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type.startswith("bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        elif f.type.startswith(("list", "dict")):
-            parser.add_argument(flag, type=json.loads, default=None, help="JSON, e.g. [3, 4]")
-        else:
-            kind = {"int": int, "float": float}.get(f.type.split(" ")[0], str)
-            parser.add_argument(flag, type=kind, default=None)
-
-
-def config_from_args(args) -> TrainConfig:
-    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
-                 if getattr(args, f.name, None) is not None}  # fmt: skip
-    return TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(**overrides)
 
 
 def main(argv=None):
