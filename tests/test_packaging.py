@@ -3,6 +3,7 @@
 import ast
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 
@@ -27,3 +28,22 @@ def test_the_command_line_parser_starts_without_torch():
     code = "import sys; from training.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_a_wheel_ships_the_packages_their_data_and_the_model_card(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                    "--wheel-dir", str(tmp_path), str(ROOT)], check=True, capture_output=True)  # fmt: skip
+    (wheel,) = tmp_path.glob("facet_vlm-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"app/settings.py", "training/configs/demo.yaml", "training/metrics/facet_accuracy/facet_accuracy.py"} <= names
+    assert any(name.endswith(".data/data/share/facet-vlm/model_card.md") for name in names)
+
+
+def test_publish_finds_the_model_card_in_the_checkout_or_the_install_prefix(tmp_path):
+    from training.publish import find_model_card_template
+
+    assert find_model_card_template() == ROOT / "model_card.md"
+    installed = tmp_path / "prefix" / "share" / "facet-vlm" / "model_card.md"
+    installed.parent.mkdir(parents=True)
+    installed.write_text("card")
+    assert find_model_card_template(tmp_path / "site-packages", tmp_path / "prefix") == installed

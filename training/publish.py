@@ -20,6 +20,7 @@ import json
 import math
 import re
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,14 @@ import jinja2
 from huggingface_hub import DatasetCard, DatasetCardData, EvalResult, HfApi, ModelCard, ModelCardData
 
 
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+def find_model_card_template(source_root=Path(__file__).resolve().parent.parent, prefix=sys.prefix) -> Path:
+    """`model_card.md` at the top of the source tree, else where a wheel install puts it (`PREFIX/share/facet-vlm`,
+    setup.py's data_files); the source-tree path when neither exists (then [`model_card`] says it is missing)."""
+    candidates = (Path(source_root) / "model_card.md", Path(prefix) / "share" / "facet-vlm" / "model_card.md")
+    return next((path for path in candidates if path.is_file()), candidates[0])
+
+
+MODEL_CARD_TEMPLATE = find_model_card_template()
 PIPELINE_TAG = "zero-shot-image-classification"
 TASK_NAME = "3D/4D facial expression recognition"
 PARQUET_CONFIGS = ("scans", "views")
