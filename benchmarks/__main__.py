@@ -5,9 +5,9 @@ other, so no thread setting or memory peak of one leaks into the next; the accur
 DIR/accuracy_study.json. Then `benchmarks.report` regenerates DIR/SUMMARY.md (and, with --update-readme, the
 README's results section) from the JSON files.
 
-Names: parsing, rendering, processor, views, training, pipeline, synthetic (the speed benchmarks, group "speed"),
-accuracy (the accuracy study), pretraining (what synthetic pretraining adds; benchmarks/pretraining_gain.py);
-"all" (default) is every one of them.
+Names: parsing, rendering, processor, views, training, pipeline, synthetic and demo (the main job, timed) form the
+group "speed"; accuracy (the accuracy study) and pretraining (what synthetic pretraining adds,
+benchmarks/pretraining_gain.py) measure accuracy; "all" (default) is every one of them.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ SPEED = {
     "parsing": "benchmarks.bench_parsing", "rendering": "benchmarks.bench_rendering",
     "processor": "benchmarks.bench_processor", "views": "benchmarks.bench_views",
     "training": "benchmarks.bench_training", "pipeline": "benchmarks.bench_pipeline",
-    "synthetic": "benchmarks.bench_synthetic",
+    "synthetic": "benchmarks.bench_synthetic", "demo": "benchmarks.bench_demo",
 }  # fmt: skip
 ACCURACY = {"accuracy": "benchmarks.accuracy_study"}
 BENCHMARKS = {**SPEED, **ACCURACY, "pretraining": "benchmarks.pretraining_gain"}

@@ -135,6 +135,9 @@ def _fixture_results(folder: Path) -> None:
     (folder / "parsing.json").write_text(json.dumps(parsing))
     (folder / "accuracy_study.json").write_text(json.dumps(study))
     (folder / "pretraining.json").write_text(json.dumps(pretraining))
+    demo = {"quick": False, "wall_seconds": 331.7, "train_seconds": 245.1, "budget_seconds": 900, "accuracy": 0.925,
+            "macro_f1": 0.925, "target_accuracy": 0.9, "test_samples": 240, "environment": {}}  # fmt: skip
+    (folder / "demo.json").write_text(json.dumps(demo))
 
 
 def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path):
@@ -151,6 +154,8 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
         assert f"| {row.description} | {row.metric} | 0.500 | 0.000 | 0.500 |" in summary
     assert "Of these, disgusted appeared in the training class prompts" in summary
     assert "Mean gain of pretraining: **+15.0 points** (per fold +10.0, +20.0)" in summary
+    assert "| Main job | `facet-vlm demo`: whole command, wall time | 332 s (training 245 s) | budget 900 s | 0.37x" in summary
+    assert "| 92.5 % (macro F1 0.925) | target 90 % | +2.5 points |" in summary
     assert "| fine-tuned from `outputs/demo/model` | 0.750 | 0.100 | 0.600, 0.900 |" in summary
     text = readme.read_text()
     assert text.startswith("# Project\n\nIntro.\n\n## Usage\n\nText.\n\n## Benchmark results\n")
@@ -191,3 +196,13 @@ def test_quick_parsing_run_writes_valid_json(tmp_path):
     assert results["quick"] and results["wrl"]["load_scan_ms"] > 0 and results["bnt"]["reference_reader_ms"] > 0
     assert results["environment"]["cpu_count"] >= 1 and len(results["environment"]["load_average_1_5_15min"]) == 3
     assert "Scan parsing (quick)" in (tmp_path / "SUMMARY.md").read_text()
+
+
+def test_quick_demo_benchmark_runs_the_main_job(tmp_path):
+    # `facet-vlm demo` end to end on 6 subjects for 1 epoch: data, training, evaluation, saving, classifying a scan.
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_demo", "--quick", "--output", str(tmp_path / "demo.json")],
+                   cwd=REPO, check=True, capture_output=True)  # fmt: skip
+    results = json.loads((tmp_path / "demo.json").read_text())
+    assert results["quick"] and results["wall_seconds"] > results["train_seconds"] > 0
+    assert 0.0 <= results["accuracy"] <= 1.0 and results["test_samples"] > 0
+    assert results["classified"]["true_label"] == "happiness" and results["classified"]["prediction"][0]["score"] > 0
