@@ -45,8 +45,14 @@ def git_state() -> dict:
     return {"git_commit": commit.stdout.strip(), "uncommitted_changes": [line[3:] for line in status.stdout.splitlines()]}
 
 
+# The code a benchmark process runs is the code of the checkout when it started (this module is imported first):
+# a long study records that, not whatever was committed while it ran.
+GIT_STATE_AT_START = git_state()
+
+
 def environment() -> dict:
-    """Where and how a result was measured: CPU, cores, load, versions, the git state, the command and the time."""
+    """Where and how a result was measured: CPU, cores, load, versions, the git state when the process started, the
+    command and the time."""
     import torch
 
     info = {
@@ -58,7 +64,7 @@ def environment() -> dict:
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "command": " ".join(["python", *sys.orig_argv[1:]]),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        **git_state(),
+        **GIT_STATE_AT_START,
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name()
