@@ -6,7 +6,10 @@ Usage: python -m benchmarks.bench_rendering --output FILE.json [--quick]
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -63,12 +66,30 @@ def _single_threaded(call):
     return run_with_one_thread
 
 
+def torch_scans_per_s(repeats: int) -> float:
+    """Scans/s of the torch backend on the benchmark scan with this process's thread settings (median of `repeats`)."""
+    renderer, scan = MultiviewRenderer(backend="torch"), face_like_scan()
+    return 1.0 / _median_seconds({"torch": lambda: renderer.render(scan)}, repeats)["torch"][0]
+
+
+def _torch_scans_per_s_without_wait_policy(repeats: int) -> float:
+    """`torch_scans_per_s` in a fresh process whose OMP_WAIT_POLICY is unset, as in a library user's own program:
+    OpenMP then spins briefly between parallel regions instead of sleeping (the policy is read when torch starts)."""
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    code = f"from benchmarks.bench_rendering import torch_scans_per_s; print(torch_scans_per_s({repeats}))"
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True, check=True,
+                            cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    return float(result.stdout.strip().splitlines()[-1])
+
+
 def run(quick: bool) -> dict:
     """Scans/s of each backend on one scan, side by side, the torch backend batched, and torch/pyrender ratios.
 
     The torch backend is timed with torch's default intra-op threads and with one thread: on a machine whose cores
     are busy with other work, OpenMP's spinning waits (OMP_WAIT_POLICY unset) can make the default, and everything
-    else in the process, far slower; OMP_WAIT_POLICY=PASSIVE avoids that. Process CPU time per scan (all threads)
+    else in the process, far slower; OMP_WAIT_POLICY=PASSIVE (set by `python -m benchmarks` and `facet-vlm`) avoids
+    that, at the price of waking the threads for every parallel operation. So the default threads are also timed in a
+    fresh process with the policy unset, as in a library user's program. Process CPU time per scan (all threads)
     is recorded too, as a measure of work that depends less on the machine's load.
     """
     repeats = 5 if quick else 20
@@ -106,8 +127,9 @@ def run(quick: bool) -> dict:
         results[f"{name}_scans_per_s"] = per_scan.get(name, 1) / wall
         results[f"{name}_cpu_ms_per_scan"] = 1000.0 * cpu / per_scan.get(name, 1)
     results["torch_batch_size"] = batch_size
+    results["torch_wait_policy_unset_scans_per_s"] = _torch_scans_per_s_without_wait_policy(repeats)
     if "pyrender" in seconds:
-        for name in ("torch", "torch_1thread", "torch_batched"):
+        for name in ("torch", "torch_1thread", "torch_batched", "torch_wait_policy_unset"):
             results[f"{name}_over_pyrender"] = results[f"{name}_scans_per_s"] / results["pyrender_scans_per_s"]
         results["pyrender_cpu_over_torch_1thread_cpu"] = (
             results["pyrender_cpu_ms_per_scan"] / results["torch_1thread_cpu_ms_per_scan"]

@@ -55,12 +55,16 @@ def _parsing(r: dict) -> list:
 def _rendering(r: dict) -> list:
     pyrender = r.get("pyrender_scans_per_s")
     reference = f"pyrender {_number(pyrender)} scans/s" if pyrender else f"pyrender unavailable: {r.get('pyrender_error')}"
+    policy = r.get("omp_wait_policy", "default")
     rows = [
-        ("torch backend, 1 scan per call", "torch_scans_per_s"),
+        (f"torch backend, 1 scan per call (OMP_WAIT_POLICY {policy})", "torch_scans_per_s"),
         ("torch backend, 1 thread", "torch_1thread_scans_per_s"),
         (f"torch backend, batches of {r['torch_batch_size']}", "torch_batched_scans_per_s"),
+        ("torch backend, 1 scan per call, OMP_WAIT_POLICY unset (a library user's program)",
+         "torch_wait_policy_unset_scans_per_s"),
     ]
-    table = [(label, f"{_number(r[key])} scans/s", reference, _ratio(r[key], pyrender)) for label, key in rows]
+    present = [(label, key) for label, key in rows if key in r]  # older results lack the wait-policy row
+    table = [(label, f"{_number(r[key])} scans/s", reference, _ratio(r[key], pyrender)) for label, key in present]
     if "cuda_batched_scans_per_s" in r:
         table.append((f"torch on {r['cuda_device']}, batches of {r['torch_batch_size']}",
                       f"{_number(r['cuda_batched_scans_per_s'])} scans/s", reference,
