@@ -213,8 +213,20 @@ def _fold_record(fold: int, metrics: dict, row: StudyRow, seconds: float) -> dic
     return record
 
 
-def run_fold(fold: int, cfg, roots: dict, workdir, keep_work: bool = False, threads: int | None = None) -> dict:
-    """Every row on `fold`: its test subjects and one record per row (run in a worker process when `--workers` > 1,
+def select_rows(names=None) -> tuple:
+    """The study rows named in `names` (comma-separated or a list), in study order; every row when None."""
+    if not names:
+        return ROWS
+    wanted = [name.strip() for name in (names.split(",") if isinstance(names, str) else names) if name.strip()]
+    unknown = sorted(set(wanted) - {row.name for row in ROWS})
+    if unknown:
+        raise ValueError(f"Unknown study rows {unknown}; choose from {[row.name for row in ROWS]}.")
+    return tuple(row for row in ROWS if row.name in wanted)
+
+
+def run_fold(fold: int, cfg, roots: dict, workdir, keep_work: bool = False, threads: int | None = None,
+             rows=ROWS) -> dict:  # fmt: skip
+    """`rows` on `fold`: its test subjects and one record per row (run in a worker process when `--workers` > 1,
     where `threads` caps torch's intra-op threads so that the workers share the cores instead of competing)."""
     if threads:
         import torch
@@ -223,7 +235,7 @@ def run_fold(fold: int, cfg, roots: dict, workdir, keep_work: bool = False, thre
     subjects_of_fold = fold_test_subjects(row_config(ROWS[0], cfg, fold, roots, workdir), roots)
     subjects_of_fold["same_people"] = _same_people(subjects_of_fold["scans"], subjects_of_fold["sequences"])
     records = {}
-    for row in ROWS:
+    for row in rows:
         start = time.perf_counter()
         run_cfg = row_config(row, cfg, fold, roots, workdir)
         metrics = run_row(row, run_cfg)
@@ -238,13 +250,15 @@ def run_fold(fold: int, cfg, roots: dict, workdir, keep_work: bool = False, thre
 
 
 def run(quick: bool = False, subjects: int | None = None, folds: int | None = None, epochs: int | None = None,
-        output=None, work_dir=None, keep_work: bool = False, workers: int = 1) -> dict:  # fmt: skip
-    """Run every row on every fold, rewriting `output` (JSON) after each fold; returns the final results.
+        output=None, work_dir=None, keep_work: bool = False, workers: int = 1, rows=None) -> dict:  # fmt: skip
+    """Run every row (or the `rows` named) on every fold, rewriting `output` (JSON) after each fold; returns the final
+    results.
 
     With `workers` > 1 the folds run in that many processes, each with an equal share of the cores for torch: on
     the 2-core machine two single-threaded trainings process about 1.5x the samples per second of one two-threaded
     training (small preset: about 44 samples/s each against 58).
     """
+    rows = select_rows(rows)
     defaults = QUICK if quick else FULL
     subjects, folds = subjects or defaults["subjects"], folds or defaults["folds"]
     epochs = epochs or defaults["epochs"]
@@ -265,7 +279,7 @@ def run(quick: bool = False, subjects: int | None = None, folds: int | None = No
         },  # fmt: skip
         "load_average_before": load_average(),
         "fold_test_subjects": [],
-        "rows": [summarise(row, []) for row in ROWS],
+        "rows": [summarise(row, []) for row in rows],
     }
     roots = write_trees(cfg, workdir)
     done = []
@@ -274,18 +288,18 @@ def run(quick: bool = False, subjects: int | None = None, folds: int | None = No
         done.append(fold_result)
         done.sort(key=lambda result: result["fold"])
         results["fold_test_subjects"] = [{"fold": result["fold"], **result["test_subjects"]} for result in done]
-        results["rows"] = [summarise(row, [result["records"][row.name] for result in done]) for row in ROWS]
+        results["rows"] = [summarise(row, [result["records"][row.name] for result in done]) for row in rows]
         results["wall_seconds"] = round(time.perf_counter() - started, 1)
         write_json(results, output, echo=False)
 
     if workers <= 1:
         for fold in range(folds):
-            record(run_fold(fold, cfg, roots, workdir, keep_work))
+            record(run_fold(fold, cfg, roots, workdir, keep_work, rows=rows))
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            jobs = [pool.submit(run_fold, fold, cfg, roots, workdir, keep_work, threads) for fold in range(folds)]
+            jobs = [pool.submit(run_fold, fold, cfg, roots, workdir, keep_work, threads, rows) for fold in range(folds)]
             for job in concurrent.futures.as_completed(jobs):
                 record(job.result())
     results["complete"] = True
@@ -308,6 +322,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--work-dir", help="folder for the data, caches and runs (default: a temporary folder)")
     parser.add_argument("--keep-work", action="store_true", help="keep the trained models and rendered caches")
     parser.add_argument("--workers", type=int, default=1, help="folds run in parallel processes (default 1)")
+    parser.add_argument("--rows", help="comma-separated row names to run (default: every row); use another --output")
     arguments = parser.parse_args(argv)
     results = run(**vars(arguments))
     for row in results["rows"]:

@@ -206,3 +206,11 @@ def test_quick_demo_benchmark_runs_the_main_job(tmp_path):
     assert results["quick"] and results["wall_seconds"] > results["train_seconds"] > 0
     assert 0.0 <= results["accuracy"] <= 1.0 and results["test_samples"] > 0
     assert results["classified"]["true_label"] == "happiness" and results["classified"]["prediction"][0]["score"] > 0
+
+
+def test_study_rows_can_be_selected_by_name():
+    assert accuracy_study.select_rows(None) == accuracy_study.ROWS
+    chosen = accuracy_study.select_rows("zero_shot, facet_vlm_4d")
+    assert [row.name for row in chosen] == ["facet_vlm_4d", "zero_shot"]  # study order
+    with pytest.raises(ValueError, match="Unknown study rows"):
+        accuracy_study.select_rows("facet_vlm,nope")
