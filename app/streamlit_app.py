@@ -102,12 +102,20 @@ def describe_model(model_dir: str, pipe) -> str:
             f"({channels}).")  # fmt: skip
     metrics = training_job.training_output(model_dir) / "metrics.json"
     if metrics.is_file():
-        try:
-            accuracy = json.loads(metrics.read_text())["accuracy"]
+        accuracy = held_out_accuracy(metrics)
+        if accuracy is None:
+            text += f" `{metrics}` holds no held-out accuracy (not a FACET-VLM training run's metrics)."
+        else:
             text += f" Held-out accuracy of its training run: {accuracy:.1%} (`{metrics}`)."
-        except (ValueError, KeyError, TypeError):
-            pass  # a metrics file from another tool: the model is described without it
     return text
+
+
+def held_out_accuracy(metrics: Path) -> float | None:
+    """The `accuracy` a training run wrote to `metrics`, or None when the file is not such a record."""
+    try:
+        return float(json.loads(metrics.read_text())["accuracy"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def train_demo_model(model_dir: str, num_subjects: int) -> None:

@@ -341,3 +341,14 @@ def test_view_pictures_are_the_models_pixels(model_dir):
         np.testing.assert_allclose(depth[1], expected[1], atol=1)
         np.testing.assert_allclose(np.moveaxis(normals[1], -1, 0), expected[2:5], atol=1)
 
+
+
+@pytest.mark.parametrize("record, shown", [({"accuracy": 0.925}, "Held-out accuracy of its training run: 92.5%"),
+                                           ({"loss": 0.1}, "holds no held-out accuracy")])  # fmt: skip
+def test_page_reports_the_training_runs_accuracy_when_there_is_one(tmp_path, monkeypatch, record, shown):
+    save_tiny_model(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps(record))
+    monkeypatch.setenv("FACET_APP_MODEL", str(tmp_path))
+    page = AppTest.from_file(str(APP_SCRIPT), default_timeout=TIMEOUT_S).run()
+    assert_works(page)
+    assert shown in page.markdown[0].value
