@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.common import benchmark_main, cpu_model
+from benchmarks.common import benchmark_main, cpu_model, median_ms
 from modeling_facet.mesh_io import FaceScan
 from modeling_facet.rendering import MultiviewRenderer
 
@@ -69,7 +69,7 @@ def _single_threaded(call):
 def torch_scans_per_s(repeats: int) -> float:
     """Scans/s of the torch backend on the benchmark scan with this process's thread settings (median of `repeats`)."""
     renderer, scan = MultiviewRenderer(backend="torch"), face_like_scan()
-    return 1.0 / _median_seconds({"torch": lambda: renderer.render(scan)}, repeats)["torch"][0]
+    return 1000.0 / median_ms(lambda: renderer.render(scan), repeats)
 
 
 def _torch_scans_per_s_without_wait_policy(repeats: int) -> float:

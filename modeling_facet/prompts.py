@@ -134,6 +134,15 @@ def label_synonyms(label: str) -> tuple:
     return SYNONYMS[name] if name is not None else (str(label),)
 
 
+def _allowed_words(label: str, exclude: Sequence) -> list:
+    """The words of `label` (canonical first) that are not in `exclude` (case-insensitive); raises if none is left."""
+    excluded = {str(word).strip().lower() for word in exclude}
+    words = [word for word in label_synonyms(label) if word.lower() not in excluded]
+    if not words:
+        raise ValueError(f"Every word for label {label!r} is excluded ({label_synonyms(label)}); keep at least one.")
+    return words
+
+
 def label_word(label: str, exclude: Sequence = ()) -> str:
     """The canonical prompt word of `label` ("happiness" -> "happy", "AU12" -> "lip corner puller"), or its first
     synonym not in `exclude`; an unknown label is returned unchanged.
@@ -141,11 +150,7 @@ def label_word(label: str, exclude: Sequence = ()) -> str:
     Raises:
         ValueError: every word of the label is excluded.
     """
-    excluded = {str(word).strip().lower() for word in exclude}
-    words = [word for word in label_synonyms(label) if word.lower() not in excluded]
-    if not words:
-        raise ValueError(f"Every word for label {label!r} is excluded ({label_synonyms(label)}); keep at least one.")
-    return words[0]
+    return _allowed_words(label, exclude)[0]
 
 
 def default_templates(labels, expression_templates=EXPRESSION_TEMPLATES, action_unit_templates=ACTION_UNIT_TEMPLATES):
@@ -265,11 +270,9 @@ def sample_prompt(
     """
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     labels = _label_list(label)
-    excluded = {str(word).strip().lower() for word in exclude}
     words = []
     for name in labels:
-        label_word(name, exclude)  # raises when every word is excluded
-        candidates = [word for word in label_synonyms(name) if word.lower() not in excluded]
+        candidates = _allowed_words(name, exclude)
         words.append(candidates[int(rng.integers(len(candidates)))])
     word = _join_words(words)
     action_units = all(map(is_action_unit, labels))
