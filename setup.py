@@ -28,6 +28,7 @@ setup(
         "scikit-learn>=1.4",
         "trimesh>=5.2",
         "pyrender>=0.1.45",
+        "numba>=0.60",  # the compiled CPU rasterizer of the torch render backend
         "pillow>=10",
         "pyyaml>=6",
         "tqdm>=4.66",

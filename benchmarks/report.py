@@ -56,14 +56,16 @@ def _rendering(r: dict) -> list:
     pyrender = r.get("pyrender_scans_per_s")
     reference = f"pyrender {_number(pyrender)} scans/s" if pyrender else f"pyrender unavailable: {r.get('pyrender_error')}"
     policy = r.get("omp_wait_policy", "default")
+    rasterizer = f"{r['torch_rasterizer']} rasterizer" if "torch_rasterizer" in r else "vectorised rasterizer"
     rows = [
-        (f"torch backend, 1 scan per call (OMP_WAIT_POLICY {policy})", "torch_scans_per_s"),
-        ("torch backend, 1 thread", "torch_1thread_scans_per_s"),
-        (f"torch backend, batches of {r['torch_batch_size']}", "torch_batched_scans_per_s"),
-        ("torch backend, 1 scan per call, OMP_WAIT_POLICY unset (a library user's program)",
+        (f"torch backend ({rasterizer}), 1 scan per call (OMP_WAIT_POLICY {policy})", "torch_scans_per_s"),
+        (f"torch backend ({rasterizer}), 1 thread", "torch_1thread_scans_per_s"),
+        (f"torch backend ({rasterizer}), batches of {r['torch_batch_size']}", "torch_batched_scans_per_s"),
+        ("torch backend, vectorised rasterizer (the GPU code path), 1 thread", "torch_vectorized_1thread_scans_per_s"),
+        (f"torch backend ({rasterizer}), 1 scan per call, OMP_WAIT_POLICY unset (a library user's program)",
          "torch_wait_policy_unset_scans_per_s"),
     ]
-    present = [(label, key) for label, key in rows if key in r]  # older results lack the wait-policy row
+    present = [(label, key) for label, key in rows if key in r]  # older results lack some rows
     table = [(label, f"{_number(r[key])} scans/s", reference, _ratio(r[key], pyrender)) for label, key in present]
     if "cuda_batched_scans_per_s" in r:
         table.append((f"torch on {r['cuda_device']}, batches of {r['torch_batch_size']}",

@@ -45,7 +45,7 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         views (sequence of `(yaw, pitch)`): view angles in degrees, in the order of the view axis.
         image_size (`int`): side of each rendered view in pixels.
         channels (sequence of `str`): rendered channels ("shaded", "depth", "normals", "texture").
-        backend (`str`): renderer, "torch" (vectorised rasterizer) or "pyrender" (OpenGL through EGL).
+        backend (`str`): renderer, "torch" (z-buffer rasterizer on CPU or GPU) or "pyrender" (OpenGL through EGL).
         face_size (`float`): robust face radius in the canonical frame, where a view spans [-1, 1].
         num_frames (`int`): number T of frames sampled from a 4D sequence (shorter sequences keep all frames).
         frame_sampling (`str`): "uniform" (evenly spaced over the whole sequence) or "window" (T consecutive frames

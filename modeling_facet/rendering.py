@@ -21,16 +21,16 @@ Channels (background is 0 in every channel):
 - ``texture``: RGB in [0, 1] sampled bilinearly from the scan's texture image when it has ``uv`` and a readable
   ``texture_path``; otherwise the shaded value replicated to 3 channels (a missing texture file is logged).
 
-Backends: ``"torch"`` (a vectorised z-buffer rasterizer, batched over views and scans, CPU or CUDA) and
-``"pyrender"`` (OpenGL through EGL). They share the projection and the channel formulas; on the same scan their
-depth, shaded and normals outputs agree within a mean absolute difference below 0.02, and their foreground masks
-differ only within one pixel of the silhouette (at 224 px at least 98% of the union of the masks agrees): OpenGL
-samples coverage with 4x multisampling, the torch rasterizer at pixel centres.
+Backends: ``"torch"`` (a z-buffer rasterizer batched over views and scans: compiled by numba on the CPU,
+vectorised torch operations on a GPU; see :mod:`.rasterization`) and ``"pyrender"`` (OpenGL through EGL). They
+share the projection and the channel formulas; on the same scan their depth, shaded and normals outputs agree
+within a mean absolute difference below 0.02, and their foreground masks differ only within one pixel of the
+silhouette (at 224 px at least 98% of the union of the masks agrees): OpenGL samples coverage with 4x
+multisampling, the torch rasterizer at pixel centres.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from .mesh_io import FaceScan, ScanFormatError
+from .rasterization import rasterize, resolve_method, take, zeros
 
 
 logger = logging.getLogger(__name__)
@@ -57,11 +58,7 @@ AMBIENT = 0.15
 LIGHT_DIRECTION = tuple(float(c) for c in np.array([-0.3, 0.4, 1.0]) / np.linalg.norm([-0.3, 0.4, 1.0]))
 
 _NOSE_TIP_NAME = re.compile(r"nose[\W_]*tip|pronasale", re.IGNORECASE)
-# Candidate window sides (pixels) that the rasterizer rounds triangles' bounding-box widths and heights up to.
-_WINDOW_SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-_MAX_SAMPLES_PER_CHUNK = 1 << 21
 _CPU_PIXELS_PER_PASS = 1 << 18
-_BARYCENTRIC_TOLERANCE = 1e-5
 
 
 def channel_count(channels) -> int:
@@ -256,7 +253,7 @@ def _view_rotations(views) -> np.ndarray:
 
 def _vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
     """Area-weighted unit vertex normals (N, 3)."""
-    corners = _take(vertices, faces)
+    corners = take(vertices, faces)
     face_normals = torch.linalg.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0], dim=1)
     normals = torch.zeros_like(vertices)
     for corner in range(3):
@@ -286,166 +283,13 @@ def _compose_channels(channels, pixel, depth_z, normals, rgb, has_rgb, num_image
     pixels_per_image = size * size
     num_channels = channel_count(channels)
     shape = (num_images, num_channels, size, size)
-    images = _zeros(shape, unit.dtype, unit.device)
+    images = zeros(shape, unit.dtype, unit.device)
     flat = images.view(-1)
     first_channel = pixel + (pixel // pixels_per_image) * ((num_channels - 1) * pixels_per_image)
     values = [column for name in channels for column in columns[name]()]
     for channel, value in enumerate(values):
         flat.scatter_(0, first_channel + channel * pixels_per_image, value)
     return images
-
-
-def _zeros(shape, dtype, device) -> torch.Tensor:
-    """Zeros; on the CPU from numpy's calloc, so pages that are never written are never touched."""
-    if torch.device(device).type == "cpu":
-        return torch.from_numpy(np.zeros(shape, np.dtype(str(dtype).removeprefix("torch."))))
-    return torch.zeros(shape, dtype=dtype, device=device)
-
-
-def _take(values: torch.Tensor, index: torch.Tensor, dim: int = 0) -> torch.Tensor:
-    """``values`` indexed along its first (``dim=0``) or last dimension by a long ``index`` of any shape.
-
-    Goes through index_select on at most two dimensions, several times faster on the CPU than advanced indexing or
-    index_select along the last dimension of a 3-D tensor.
-    """
-    flat_index = index.reshape(-1)
-    if dim == 0:
-        return values.index_select(0, flat_index).view(*index.shape, *values.shape[1:])
-    if dim not in (-1, values.dim() - 1):
-        raise ValueError(f"_take indexes the first or the last dimension, not {dim}")
-    taken = values.reshape(-1, values.shape[-1]).index_select(1, flat_index)
-    return taken.view(*values.shape[:-1], *index.shape)
-
-
-def _doubled_area(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Signed doubled areas (T,) of triangles with corner coordinates x, y (3, T)."""
-    return (x[1] - x[0]) * (y[2] - y[0]) - (x[2] - x[0]) * (y[1] - y[0])
-
-
-def _triangle_planes(tri_x, tri_y, tri_z, origin_x, origin_y) -> torch.Tensor:
-    """(4, 3, T) planes over each triangle's pixel window: value = p[:, 0] + p[:, 1] * x' + p[:, 2] * y' for the
-    quantised depth (row 0) and the three barycentric weights (rows 1-3; inside the triangle all are >= 0).
-
-    Corner values come as (3, T) rows, and so do the planes' coefficients: rows of triangles keep every operation on
-    long contiguous vectors. x' = x - origin_x and y' = y - origin_y count pixels from the window's corner, which
-    keeps the float32 evaluation accurate to about 1e-6 anywhere in a large image. Triangles must not be degenerate.
-    """
-    x = tri_x - origin_x.to(tri_x.dtype)
-    y = tri_y - origin_y.to(tri_y.dtype)
-    x_next, y_next = x[[1, 2, 0]], y[[1, 2, 0]]
-    x_prev, y_prev = x[[2, 0, 1]], y[[2, 0, 1]]
-    area = _doubled_area(x, y)
-    planes = torch.empty(4, 3, x.shape[1], dtype=x.dtype, device=x.device)
-    planes[1:, 0] = (x_next * y_prev - x_prev * y_next) / area
-    planes[1:, 1] = (y_next - y_prev) / area
-    planes[1:, 2] = (x_prev - x_next) / area
-    planes[0] = tri_z[0] * planes[1] + tri_z[1] * planes[2] + tri_z[2] * planes[3]
-    return planes
-
-
-@functools.lru_cache(maxsize=256)
-def _window_samples(window: tuple, size: int, dtype, device) -> tuple:
-    """For a window of (columns, rows) pixels: each sample's pixel offset in the image and its (1, x', y') (3, n)."""
-    columns, rows = window
-    offsets = torch.arange(columns * rows, device=device)
-    samples = torch.stack([torch.ones_like(offsets), offsets % columns, offsets // columns]).to(dtype)
-    return (offsets // columns) * size + offsets % columns, samples
-
-
-def _draw_windows(keys, planes, pixel_base, first_triangle: int, window: tuple, size: int):
-    """Scatter-max the packed (depth, triangle) keys of every pixel centre that the triangles cover into ``keys``.
-
-    ``planes`` (4, 3, n) hold each triangle's quantised-depth and barycentric planes over its window of
-    (columns, rows) pixels, whose top-left pixel is ``pixel_base``; triangles are numbered from ``first_triangle``.
-    """
-    window_size = window[0] * window[1]
-    offset_pixel, samples = _window_samples(window, size, planes.dtype, keys.device)
-    chunk = max(1, _MAX_SAMPLES_PER_CHUNK // window_size)
-    for start in range(0, planes.shape[2], chunk):
-        values = samples.T @ planes[:, :, start : start + chunk]  # (4, window_size, n)
-        outside = torch.minimum(torch.minimum(values[1], values[2]), values[3]) < -_BARYCENTRIC_TOLERANCE
-        count = values.shape[2]
-        triangle = torch.arange(start + first_triangle, start + first_triangle + count, device=keys.device)
-        key = values[0].long().bitwise_left_shift_(32).add_(triangle).masked_fill_(outside, 0)
-        pixel = pixel_base[start : start + chunk] + offset_pixel[:, None]
-        keys.scatter_reduce_(0, pixel.view(-1), key.view(-1), reduce="amax")
-
-
-def rasterize(
-    vertices: torch.Tensor,
-    faces: torch.Tensor,
-    face_image: torch.Tensor,
-    num_images: int,
-    size: int,
-    corner_attributes: torch.Tensor,
-):
-    """Z-buffer rasterization of many orthographic images at once, without a Python loop over triangles.
-
-    Triangles are grouped by bounding-box shape; each group tests a fixed window of candidate pixel centres per
-    triangle (large triangles in chunks), and one scatter-max over packed (depth, triangle) keys keeps the nearest
-    triangle per pixel. Attributes are interpolated through per-triangle planes (value = a + b x + c y), so each
-    covered pixel gathers one row of its triangle instead of three corners and their barycentric weights.
-
-    Args:
-        vertices: (P, 3) float camera-frame positions; x, y in [-1, 1] cover the image, larger z is nearer.
-        faces: (T, 3) long vertex indices.
-        face_image: (T,) long index of the image each triangle is drawn into.
-        num_images: number of images; size: their side in pixels.
-        corner_attributes: (A, 3, T) float values at each triangle's corners, interpolated linearly over it.
-
-    Returns:
-        (pixel, face, values): for every covered pixel centre, its index into the flattened
-        (num_images, size, size) grid, the nearest triangle there and the (A, F) interpolated attributes.
-    """
-    device, dtype = vertices.device, vertices.dtype
-    corner_index = faces.T  # (3, T): per-triangle values are kept as rows of triangles throughout
-    tri_x = _take((vertices[:, 0] + 1.0) * (size / 2.0) - 0.5, corner_index)
-    tri_y = _take((1.0 - vertices[:, 1]) * (size / 2.0) - 0.5, corner_index)
-    x_low = tri_x.amin(0).ceil().clamp(min=0).long()
-    y_low = tri_y.amin(0).ceil().clamp(min=0).long()
-    width = tri_x.amax(0).floor().clamp(max=size - 1).long() - x_low + 1
-    height = tri_y.amax(0).floor().clamp(max=size - 1).long() - y_low + 1
-    area = _doubled_area(tri_x, tri_y)
-    sides = [side for side in _WINDOW_SIDES if side < size] + [size]
-    side_tensor = torch.tensor(sides, device=device)
-    column_class, row_class = torch.bucketize(width, side_tensor), torch.bucketize(height, side_tensor)
-    # Triangles that cover no pixel centre (common in dense scans) or have no area are dropped before any more work;
-    # the others are sorted by window shape.
-    group = torch.where(
-        (width > 0) & (height > 0) & (area.abs() > 1e-12), column_class * len(sides) + row_class, len(sides) ** 2
-    )
-    counts = torch.bincount(group, minlength=len(sides) ** 2 + 1).tolist()
-    order = torch.argsort(group, stable=True)[: len(group) - counts[-1]]
-    tri_x, tri_y = _take(tri_x, order, dim=-1), _take(tri_y, order, dim=-1)
-    x_low, y_low = _take(x_low, order), _take(y_low, order)
-    # Windows never cross the image's right or bottom edge: near it they start further left / up.
-    origin_x = torch.minimum(x_low, size - _take(side_tensor, _take(column_class, order)))
-    origin_y = torch.minimum(y_low, size - _take(side_tensor, _take(row_class, order)))
-    # Keys pack the depth, quantised to 31 bits (with headroom for the barycentric tolerance, so always positive),
-    # above the triangle index: one scatter-max keeps the nearest triangle per pixel and remembers which one it was.
-    z = vertices[:, 2]
-    depth_scale = 2.0**29 / (z.max() - z.min()).clamp(min=1e-12)
-    tri_z = (_take(z, _take(corner_index, order, dim=-1)) - z.min()) * depth_scale + 2.0**29
-    planes = _triangle_planes(tri_x, tri_y, tri_z, origin_x, origin_y)
-    pixel_base = (_take(face_image, order) * size + origin_y) * size + origin_x
-    keys = _zeros((num_images * size * size,), torch.int64, device)
-
-    bounds = np.cumsum([0] + counts[:-1])
-    for group_index, (start, stop) in enumerate(zip(bounds[:-1], bounds[1:])):
-        if stop > start:
-            window = (sides[group_index // len(sides)], sides[group_index % len(sides)])
-            _draw_windows(keys, planes[:, :, start:stop], pixel_base[start:stop], int(start), window, size)
-
-    pixel = torch.nonzero(keys).squeeze(1)
-    triangle = _take(keys, pixel) & (2**32 - 1)
-    offset = pixel - _take(pixel_base, triangle)
-    # (3 coefficients, A, T) planes of the attributes: the corners' values weighted by the barycentric planes.
-    corners = _take(corner_attributes.to(dtype), order, dim=-1)
-    attribute_planes = sum(planes[1 + corner, :, None] * corners[:, corner] for corner in range(3))
-    coefficients = _take(attribute_planes, triangle, dim=-1)
-    x, y = (offset % size).to(dtype), (offset // size).to(dtype)
-    values = coefficients[0] + coefficients[1] * x + coefficients[2] * y
-    return pixel, _take(order, triangle), values
 
 
 class MultiviewRenderer:
@@ -455,9 +299,11 @@ class MultiviewRenderer:
         views: (yaw, pitch) pairs in degrees; yaw +θ moves the nose to the image's right, pitch +θ moves it up.
         image_size: side of the square images in pixels (at least 8).
         channels: names from :data:`CHANNEL_WIDTHS`, stacked in this order.
-        backend: ``"torch"`` (vectorised rasterizer, CPU or CUDA, batched over views and scans) or ``"pyrender"``
+        backend: ``"torch"`` (z-buffer rasterizer, CPU or CUDA, batched over views and scans) or ``"pyrender"``
             (OpenGL through EGL; needs libegl1 libegl-mesa0 libgl1-mesa-dri and PYOPENGL_PLATFORM=egl).
         device: torch device of the torch backend (default CPU); the pyrender backend runs on the CPU side only.
+        rasterizer: the torch backend's rasterizer (:mod:`.rasterization`): ``"auto"`` (compiled on the CPU when
+            numba is installed, vectorised on a GPU), ``"compiled"`` or ``"vectorized"``.
         face_size: robust face radius in the canonical frame, where the image spans [-1, 1].
 
     Both backends agree on the same scan within a mean absolute difference below 0.02 in every channel, and their
@@ -472,6 +318,7 @@ class MultiviewRenderer:
         backend: str = "torch",
         device=None,
         face_size: float = DEFAULT_FACE_SIZE,
+        rasterizer: str = "auto",
     ):
         try:
             self.views = tuple((float(yaw), float(pitch)) for yaw, pitch in views)
@@ -493,6 +340,8 @@ class MultiviewRenderer:
         self.device = torch.device(device if device is not None else "cpu")
         if backend == "pyrender" and self.device.type != "cpu":
             raise ValueError(f"device={device} applies to backend='torch'; the pyrender backend renders with OpenGL")
+        resolve_method(rasterizer, self.device)  # fails early on an unknown or unavailable rasterizer
+        self.rasterizer = rasterizer
         self.image_size = int(image_size)
         self.backend = backend
         self.face_size = float(face_size)
@@ -542,7 +391,7 @@ class MultiviewRenderer:
         view_faces = (faces[None] + view_range[:, None, None] * len(vertices)).reshape(-1, 3)
         face_image = (face_scan[None] * num_views + view_range[:, None]).reshape(-1)
         attributes = torch.cat([view_vertices[:, 2:], view_normals], dim=1).T.contiguous()  # (z, normal) x vertices
-        corner_values = _take(attributes, view_faces.T, dim=-1)
+        corner_values = take(attributes, view_faces.T, dim=-1)
         textured = [index for index, mesh in enumerate(meshes) if mesh.texture is not None]
         if textured:
             corner_uv = torch.zeros(2, 3, len(faces), dtype=corner_values.dtype, device=device)
@@ -553,12 +402,12 @@ class MultiviewRenderer:
             corner_values = torch.cat([corner_values, corner_uv.repeat(1, 1, num_views)], dim=0)
         num_images = len(meshes) * num_views
         pixel, face, values = rasterize(
-            view_vertices, view_faces, face_image, num_images, self.image_size, corner_values
+            view_vertices, view_faces, face_image, num_images, self.image_size, corner_values, self.rasterizer
         )
         depth_z, normals = values[0], values[1:4]
         rgb = torch.zeros_like(normals)
         has_rgb = torch.zeros(len(pixel), dtype=torch.bool, device=device)
-        pixel_scan = _take(face_scan, face % len(faces))
+        pixel_scan = take(face_scan, face % len(faces))
         for index in textured:
             selected = torch.nonzero(pixel_scan == index).squeeze(1)
             texture = torch.as_tensor(np.array(meshes[index].texture), device=device)
@@ -665,9 +514,7 @@ class _OpenGLViews:
         self.renderer.viewport_width = self.renderer.viewport_height = size
         material = pyrender.MetallicRoughnessMaterial(baseColorFactor=np.ones(4), doubleSided=True)
         colours = np.concatenate([(vertex_normals + 1.0) / 2.0, np.ones((len(vertex_normals), 1))], axis=1)
-        primitive = pyrender.Primitive(
-            positions=mesh.vertices, color_0=colours, indices=mesh.faces, material=material
-        )
+        primitive = pyrender.Primitive(positions=mesh.vertices, color_0=colours, indices=mesh.faces, material=material)
         nodes = [self.scene.add(pyrender.Mesh([primitive]))]
         if mesh.texture is not None:
             nodes.append(self.scene.add(self._textured_mesh(mesh)))
