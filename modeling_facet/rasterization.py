@@ -2,8 +2,8 @@
 
 Two implementations with the same inputs and outputs (:func:`rasterize` picks one):
 
-- ``"compiled"``: one pass over the triangles and one over the covered pixels, compiled by numba (cached on disk
-  after the first call, about 3 s). The fastest on the CPU; it needs numba, which the package installs.
+- ``"compiled"``: one pass over the triangles and one over the covered pixels, compiled by numba on first use
+  (about 3 s, then cached on disk). The fastest on the CPU; it needs numba, which the package installs.
 - ``"vectorized"``: torch operations only, without a Python loop over triangles, so it runs on any device (the
   choice on a GPU, and on the CPU where numba is missing, as for Hub remote-code users who have not installed it).
 
@@ -91,16 +91,24 @@ def _compile(function):
 
 
 @_compile
-def _barycentric_planes(screen_x, screen_y, faces, triangle):
-    """Planes (constant, per column, per row) of a triangle's first two barycentric weights over the pixel grid,
-    and its signed doubled area (0 for a degenerate triangle, whose planes are then meaningless)."""
+def _screen_triangle(screen_x, screen_y, faces, triangle):
+    """A triangle's corners in pixels, (x0, x1, x2) and (y0, y1, y2), and the planes (constant, per column, per row)
+    of its first two barycentric weights over the pixel grid, which are meaningless for a degenerate triangle."""
     a, b, c = faces[triangle, 0], faces[triangle, 1], faces[triangle, 2]
     x0, y0, x1, y1, x2, y2 = screen_x[a], screen_y[a], screen_x[b], screen_y[b], screen_x[c], screen_y[c]
-    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+    area = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)  # signed, doubled
     scale = 1.0 / area if area != 0.0 else 0.0
     first = ((x1 * y2 - x2 * y1) * scale, (y1 - y2) * scale, (x2 - x1) * scale)
     second = ((x2 * y0 - x0 * y2) * scale, (y2 - y0) * scale, (x0 - x2) * scale)
-    return first, second, area
+    return (x0, x1, x2), (y0, y1, y2), area, first, second
+
+
+@_compile
+def _weights(first, second, column, row):
+    """The three barycentric weights at pixel centre (column, row) from the planes of :func:`_screen_triangle`."""
+    w0 = first[0] + first[1] * column + first[2] * row
+    w1 = second[0] + second[1] * column + second[2] * row
+    return w0, w1, 1.0 - w0 - w1
 
 
 @_compile
@@ -114,25 +122,21 @@ def _rasterize_compiled(vertices, faces, face_image, num_images, size, corner_at
     nearest = np.full(num_images * pixels_per_image, -1, np.int32)
     covered = 0
     for triangle in range(faces.shape[0]):
-        (a0, a1, a2), (b0, b1, b2), area = _barycentric_planes(screen_x, screen_y, faces, triangle)
-        corners_x = screen_x[faces[triangle, 0]], screen_x[faces[triangle, 1]], screen_x[faces[triangle, 2]]
-        corners_y = screen_y[faces[triangle, 0]], screen_y[faces[triangle, 1]], screen_y[faces[triangle, 2]]
+        corners_x, corners_y, area, first, second = _screen_triangle(screen_x, screen_y, faces, triangle)
         left, right = max(np.ceil(min(corners_x)), 0.0), min(np.floor(max(corners_x)), size - 1.0)
         top, bottom = max(np.ceil(min(corners_y)), 0.0), min(np.floor(max(corners_y)), size - 1.0)
         # Also false for a triangle with a non-finite corner.
         if not (np.isfinite(area) and abs(area) > 1e-12 and left <= right and top <= bottom):
             continue
         z0, z1, z2 = vertices[faces[triangle, 0], 2], vertices[faces[triangle, 1], 2], vertices[faces[triangle, 2], 2]
-        first = face_image[triangle] * pixels_per_image
+        image_start = face_image[triangle] * pixels_per_image
         for row in range(int(top), int(bottom) + 1):
             for column in range(int(left), int(right) + 1):
-                w0 = a0 + a1 * column + a2 * row
-                w1 = b0 + b1 * column + b2 * row
-                w2 = 1.0 - w0 - w1
+                w0, w1, w2 = _weights(first, second, column, row)
                 if w0 < -tolerance or w1 < -tolerance or w2 < -tolerance:
                     continue
                 z = w0 * z0 + w1 * z1 + w2 * z2
-                pixel = first + row * size + column
+                pixel = image_start + row * size + column
                 if z > depth[pixel]:
                     if nearest[pixel] < 0:
                         covered += 1
@@ -146,11 +150,8 @@ def _rasterize_compiled(vertices, faces, face_image, num_images, size, corner_at
         triangle = nearest[pixel]
         if triangle < 0:
             continue
-        (a0, a1, a2), (b0, b1, b2), _ = _barycentric_planes(screen_x, screen_y, faces, triangle)
-        row, column = (pixel % pixels_per_image) // size, pixel % size
-        w0 = a0 + a1 * column + a2 * row
-        w1 = b0 + b1 * column + b2 * row
-        w2 = 1.0 - w0 - w1
+        _, _, _, first, second = _screen_triangle(screen_x, screen_y, faces, triangle)
+        w0, w1, w2 = _weights(first, second, pixel % size, (pixel % pixels_per_image) // size)
         for attribute in range(corner_attributes.shape[0]):
             values[attribute, fragment] = (
                 w0 * corner_attributes[attribute, 0, triangle]
