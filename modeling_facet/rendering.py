@@ -407,7 +407,7 @@ class MultiviewRenderer:
         depth_z, normals = values[0], values[1:4]
         rgb = torch.zeros_like(normals)
         has_rgb = torch.zeros(len(pixel), dtype=torch.bool, device=device)
-        pixel_scan = take(face_scan, face % len(faces))
+        pixel_scan = take(face_scan, face % len(faces)) if textured else None  # which scan drew each pixel
         for index in textured:
             selected = torch.nonzero(pixel_scan == index).squeeze(1)
             texture = torch.as_tensor(np.array(meshes[index].texture), device=device)
