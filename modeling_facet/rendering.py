@@ -361,11 +361,13 @@ class MultiviewRenderer:
         if self.backend == "pyrender":
             images = self._images(self._pyrender_fragments(meshes), len(meshes))
         else:
-            # On a GPU the whole batch is one pass; on the CPU a pass per few scans is faster, because a large
-            # batch's z-buffer and sort outgrow the caches (8 scans of 3 views at 224 px cost 1.3x the CPU time per
-            # scan of single-scan passes).
+            # The whole batch is one pass, except for the vectorised rasterizer on the CPU: there a pass per few
+            # scans is faster, because a large batch's z-buffer and sort outgrow the caches (8 scans of 3 views at
+            # 224 px cost 1.3x the CPU time per scan of single-scan passes). The compiled rasterizer draws 8 such
+            # scans 1.1-1.2x faster in one pass than in eight.
             per_scan = len(self.views) * self.image_size**2
-            step = len(meshes) if self.device.type != "cpu" else max(1, _CPU_PIXELS_PER_PASS // per_scan)
+            split = self.device.type == "cpu" and resolve_method(self.rasterizer, self.device) == "vectorized"
+            step = max(1, _CPU_PIXELS_PER_PASS // per_scan) if split else len(meshes)
             passes = [meshes[start : start + step] for start in range(0, len(meshes), step)]
             parts = [self._images(self._torch_fragments(part), len(part)) for part in passes]
             images = parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -177,7 +177,7 @@ def test_view_angles_move_the_nose(face, rasterizer):
     assert up[0] < frontal[0] - 3
 
 
-@pytest.mark.parametrize("pixels_per_pass", [1 << 18, 1])  # one pass for the batch; one pass per scan
+@pytest.mark.parametrize("pixels_per_pass", [1 << 18, 1])  # vectorised on the CPU: the batch in one pass; per scan
 def test_render_batch_equals_stacked_renders(face, monkeypatch, pixels_per_pass, rasterizer):
     monkeypatch.setattr(rendering, "_CPU_PIXELS_PER_PASS", pixels_per_pass)
     renderer = MultiviewRenderer(image_size=32, rasterizer=rasterizer)
