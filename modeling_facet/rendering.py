@@ -268,17 +268,16 @@ def _compose_channels(channels, pixel, depth_z, normals, rgb, has_rgb, num_image
     ``normals`` (3, F) the interpolated (unnormalised) camera-frame normals, ``rgb`` (3, F) the texture colour where
     ``has_rgb`` (F,) is set.
     """
-    x, y, z = normals
-    # Unit normals turned towards the camera, so that shading does not depend on the triangles' winding.
-    scale = torch.where(z < 0, -1.0, 1.0) * torch.rsqrt((x * x + y * y + z * z).clamp(min=1e-24))
-    unit = normals * scale
+    # Unit normals turned towards the camera, so that shading does not depend on the triangles' winding. Few,
+    # fused operations: each one on this many pixels wakes torch's threads, which is slow under a PASSIVE wait policy.
+    unit = normals * torch.copysign(torch.rsqrt((normals * normals).sum(0).clamp_(min=1e-24)), normals[2])
     light = torch.tensor(LIGHT_DIRECTION, dtype=unit.dtype, device=unit.device)
     shaded = AMBIENT + (1.0 - AMBIENT) * (light @ unit).clamp(min=0.0)
     columns = {
         "shaded": lambda: [shaded],
         "depth": lambda: [((depth_z - DEPTH_FAR) / (DEPTH_NEAR - DEPTH_FAR)).clamp(0.0, 1.0)],
-        "normals": lambda: ((unit + 1.0) / 2.0).unbind(0),
-        "texture": lambda: torch.where(has_rgb, rgb, shaded).unbind(0),
+        "normals": lambda: [(unit + 1.0) / 2.0],
+        "texture": lambda: [torch.where(has_rgb, rgb, shaded)],
     }
     pixels_per_image = size * size
     num_channels = channel_count(channels)
@@ -286,9 +285,9 @@ def _compose_channels(channels, pixel, depth_z, normals, rgb, has_rgb, num_image
     images = zeros(shape, unit.dtype, unit.device)
     flat = images.view(-1)
     first_channel = pixel + (pixel // pixels_per_image) * ((num_channels - 1) * pixels_per_image)
-    values = [column for name in channels for column in columns[name]()]
-    for channel, value in enumerate(values):
-        flat.scatter_(0, first_channel + channel * pixels_per_image, value)
+    channel_offsets = torch.arange(num_channels, device=pixel.device)[:, None] * pixels_per_image
+    values = torch.cat([column.view(-1, len(pixel)) for name in channels for column in columns[name]()])
+    flat.scatter_(0, (first_channel + channel_offsets).view(-1), values.view(-1))
     return images
 
 
