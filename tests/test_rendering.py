@@ -333,6 +333,28 @@ def test_rasterizers_agree(face, tmp_path):
     np.testing.assert_allclose(compiled, vectorized, atol=1e-4)
 
 
+def test_rasterize_covers_the_pixel_centres_inside_and_interpolates_linearly(rasterizer):
+    size = 8
+    # One triangle in image 1 with corners at pixel centres (0, 0), (6, 0), (0, 6) (x right, y down, in pixels), a
+    # degenerate one in image 0 and, after them, a nearer copy of the first one's top-left half in image 1.
+    corners = np.array([[0, 0], [6, 0], [0, 6], [1, 1], [2, 2], [3, 3], [0, 0], [3, 0], [0, 3]], np.float32)
+    depth = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.5], np.float32)
+    vertices = np.column_stack([(corners[:, 0] + 0.5) * 2 / size - 1, 1 - (corners[:, 1] + 0.5) * 2 / size, depth])
+    faces = torch.arange(9).view(3, 3)
+    column = torch.from_numpy(corners[:, 0])[faces.T]  # (3 corners, 3 triangles): each corner's pixel column
+    pixel, face, values = rasterization.rasterize(
+        torch.from_numpy(vertices), faces, torch.tensor([1, 0, 1]), 2, size, column[None], method=rasterizer
+    )
+    order = torch.argsort(pixel)
+    pixel, face, values = pixel[order], face[order], values[0, order]
+    x, y = (pixel % size).numpy(), (pixel // size % size).numpy()
+    assert (pixel // (size * size) == 1).all()
+    expected = sorted(row * size + col for row in range(size) for col in range(size) if row + col <= 6)
+    np.testing.assert_array_equal((pixel - size * size).numpy(), expected)
+    np.testing.assert_array_equal(face.numpy(), np.where(x + y <= 3, 2, 0))  # the nearer triangle wins
+    np.testing.assert_allclose(values.numpy(), x, atol=1e-5)
+
+
 def test_auto_rasterizer_is_compiled_on_the_cpu_unless_numba_is_missing(monkeypatch):
     assert rasterization.resolve_method("auto", "cpu") == "compiled"
     assert rasterization.resolve_method("auto", "cuda") == "vectorized"
