@@ -55,8 +55,8 @@ def rasterize(
 
     Returns:
         (pixel, face, values): for every covered pixel centre, its index into the flattened
-        (num_images, size, size) grid, the nearest triangle there and the (A, F) interpolated attributes, in the
-        order of the pixels (compiled) or of the triangles (vectorised).
+        (num_images, size, size) grid, the nearest triangle there and the (A, F) interpolated attributes, in
+        increasing pixel order (both methods).
     """
     if resolve_method(method, vertices.device) == "vectorized":
         return _rasterize_vectorized(vertices, faces, face_image, num_images, size, corner_attributes)
