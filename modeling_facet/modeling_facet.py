@@ -102,15 +102,23 @@ def _contextualise(encoder: nn.TransformerEncoder, tokens: torch.Tensor):
 
 
 class AttentionPooling(nn.Module):
-    """a_i = softmax_i(w^T tanh(W x_i)) over a masked token axis; returns (sum_i a_i x_i, a)."""
+    """a_i = softmax_i(exp(tau) w^T tanh(W sqrt(d) x_i)) over a masked token axis; returns (sum_i a_i x_i, a).
+
+    The tokens are unit vectors, whose coordinates are about 1/sqrt(d): scaled by sqrt(d) they reach tanh's range,
+    so the scores start of order one instead of near zero (where the first version's weights stayed: a mean). The
+    learnable log-temperature tau is a scalar, trained in the optimiser's scalar group.
+    """
 
     def __init__(self, dim: int):
         super().__init__()
         self.proj = nn.Linear(dim, dim)
         self.score = nn.Linear(dim, 1, bias=False)
+        self.log_temperature = nn.Parameter(torch.zeros(()))
+        self.input_scale = math.sqrt(dim)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None):
-        scores = self.score(torch.tanh(self.proj(tokens))).squeeze(-1)
+        scores = self.score(torch.tanh(self.proj(tokens * self.input_scale))).squeeze(-1)
+        scores = scores * self.log_temperature.exp().to(scores.dtype)
         if mask is not None:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
         weights = scores.softmax(dim=-1)
@@ -148,9 +156,12 @@ class CrossViewSemanticAggregation(nn.Module):
 
 
 class MultiviewTextGuidedFusion(nn.Module):
-    """MTGF: view tokens attend to the class text prototypes; a gate decides how much of each view to keep.
+    """MTGF: view tokens attend to the class text prototypes and take in what they attend to.
 
-    g_v = sigmoid(W_g [z_v ; CrossAttn(z_v, T, T)]),  h = norm(sum_v a_v (g_v * z_v) + f).
+    c_v = CrossAttn(z_v, T, T) (its output projection is W_o), u_v = z_v + c_v, g_v = sigmoid(W_g [z_v ; c_v]),
+    h = f + sum_v a_v g_v * u_v (normalised by the caller). The residual c_v carries the text into h; the first
+    version's h = f + sum_v a_v g_v * z_v could only rescale f per dimension. The prompts are a set: the fusion does
+    not depend on their order.
     """
 
     def __init__(self, config: FacetVLMConfig):
@@ -163,7 +174,7 @@ class MultiviewTextGuidedFusion(nn.Module):
         keys = text_embeds.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
         attended, _ = self.cross_attention(tokens, keys, keys, need_weights=False)
         gates = torch.sigmoid(self.gate(torch.cat([tokens, attended], dim=-1)))
-        return (view_weights.unsqueeze(-1) * gates * tokens).sum(dim=1) + fused
+        return (view_weights.unsqueeze(-1) * gates * (tokens + attended)).sum(dim=1) + fused
 
 
 class TemporalPooling(nn.Module):
@@ -218,6 +229,8 @@ class FacetVLMPreTrainedModel(PreTrainedModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             if module.view_embeddings is not None:
                 init.normal_(module.view_embeddings, std=std)
+        elif isinstance(module, AttentionPooling):
+            init.zeros_(module.log_temperature)
         elif isinstance(module, TemporalPooling) and module.mode == "transformer":
             init.normal_(module.position_embeddings, std=std)
         elif isinstance(module, CrossViewSemanticAggregation) and module.mode == "weights":

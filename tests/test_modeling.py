@@ -468,3 +468,85 @@ def test_a_static_scan_padded_into_a_4d_batch_keeps_its_embedding():
         padded = model(pixel_values=batch, input_ids=ids, frame_mask=frame_mask)
     torch.testing.assert_close(padded.face_embeds[0], alone.face_embeds[0])
     torch.testing.assert_close(padded.frame_weights[0], torch.tensor([1.0, 0.0, 0.0]))
+
+
+def test_mtgf_adds_text_information_that_f_does_not_hold():
+    """The first MTGF (h = f + sum a g z) could only rescale f per dimension: a dimension where every view token is
+    zero stayed zero. Now the attended text is added (u_v = z_v + W_o c_v), so the text reaches every dimension."""
+    model = tiny(cvsa="mean").eval()
+    tokens = torch.nn.functional.normalize(torch.randn(2, 3, 32), dim=-1)
+    tokens[..., 16:] = 0.0
+    weights = torch.full((2, 3), 1 / 3)
+    fused = tokens.mean(dim=1)
+    text = torch.nn.functional.normalize(torch.randn(NUM_CLASSES, 32), dim=-1)
+    with torch.no_grad():
+        h = model.facet.mtgf(tokens, weights, fused, text)
+        other = model.facet.mtgf(tokens, weights, fused, torch.nn.functional.normalize(torch.randn(NUM_CLASSES, 32), dim=-1))
+    assert h[:, 16:].abs().max() > 1e-3
+    assert (h - other).abs().max() > 1e-3
+
+
+def test_mtgf_is_invariant_to_the_order_of_the_label_set():
+    """The prompts are a set (zero-shot over any label set): permuting the classes permutes the logits, not h."""
+    model = tiny().eval()
+    ids, _ = prompts()
+    order = torch.tensor([3, 0, 5, 1, 4, 2])
+    out, permuted = _logits(model, views(), ids), _logits(model, views(), ids[order])
+    torch.testing.assert_close(permuted.face_embeds, out.face_embeds)
+    torch.testing.assert_close(permuted.logits, out.logits[:, order])
+
+
+def _train_briefly(model, steps=40, seed=0):
+    """A few AdamW steps on pixels whose mean brightness of view 0 encodes the class (views 1-2 are noise)."""
+    from training.config import TrainConfig
+    from training.train import _optimizer
+
+    generator = torch.Generator().manual_seed(seed)
+    ids, _ = prompts()
+    optimizer = _optimizer(model, TrainConfig(learning_rate=3e-3))
+    model.train()
+    for _ in range(steps):
+        labels = torch.randint(0, NUM_CLASSES, (12,), generator=generator)
+        pixels = torch.randn(12, 3, 5, 32, 32, generator=generator)
+        pixels[:, 0] += labels.view(-1, 1, 1, 1).float() - 2.5
+        loss = model(pixel_values=pixels, input_ids=ids, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+def test_scalars_train_in_their_own_parameter_group():
+    from training.config import TrainConfig
+    from training.train import _optimizer
+
+    model = tiny()
+    cfg = TrainConfig(learning_rate=1e-3)
+    groups = _optimizer(model, cfg).param_groups
+    scalar_group = next(group for group in groups if any(p is model.margin_raw for p in group["params"]))
+    assert any(p is model.facet.logit_scale for p in scalar_group["params"])
+    assert any(p is model.facet.cvsa.pooling.log_temperature for p in scalar_group["params"])
+    assert scalar_group["lr"] == cfg.scalar_learning_rate > cfg.learning_rate and scalar_group["weight_decay"] == 0.0
+    margin, scale = model.margin_raw.item(), model.facet.logit_scale.item()
+    _train_briefly(model)
+    assert abs(model.margin_raw.item() - margin) > 0.1 or abs(model.facet.logit_scale.item() - scale) > 0.1
+
+
+def test_trained_cvsa_and_mtgf_do_work():
+    """Trained briefly, CVSA weights the informative view most, and randomising MTGF's text keys (the logits keep
+    the real prompts) changes h."""
+    model = _train_briefly(tiny(), steps=60)
+    ids, _ = prompts()
+    generator = torch.Generator().manual_seed(5)
+    labels = torch.arange(NUM_CLASSES).repeat(2)
+    pixels = torch.randn(12, 3, 5, 32, 32, generator=generator)
+    pixels[:, 0] += labels.view(-1, 1, 1, 1).float() - 2.5
+    out = _logits(model, pixels, ids)
+    assert out.view_weights[:, 0, 0].mean() > 0.4
+    random_keys = torch.nn.functional.normalize(torch.randn(NUM_CLASSES, 32, generator=generator), dim=-1)
+    hook = model.facet.mtgf.register_forward_pre_hook(lambda module, args: (*args[:3], random_keys))
+    try:
+        changed = _logits(model, pixels, ids)
+    finally:
+        hook.remove()
+    assert (1 - (changed.face_embeds * out.face_embeds).sum(-1)).max() > 1e-3

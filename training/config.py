@@ -40,6 +40,7 @@ class TrainConfig:
     max_steps: int | None = None
     batch_size: int = 32
     learning_rate: float = 2e-3
+    scalar_learning_rate: float = 2e-2  # the logit scale, the L_gf margin and the pooling temperatures
     weight_decay: float = 0.05
     warmup_ratio: float = 0.05
     gradient_accumulation_steps: int = 1
