@@ -234,3 +234,42 @@ def test_excluded_words_stay_out_of_the_training_class_prompts():
     prompts = [processor.batch_decode(row, skip_special_tokens=True) for row in builder.class_inputs["input_ids"]]
     assert all("repulsed" in text and "disgusted" not in text for text in prompts[0])
     assert all("happy" in text for text in prompts[1])
+
+
+def test_the_model_seed_leaves_the_folds_and_the_data_alone(tmp_path, cache_dir):
+    """`seed` drives the initialisation and the data order; `data_seed` the folds and the synthetic people, so an
+    ablation study can repeat a fold with several model seeds."""
+    from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
+    from training.data import load_splits
+
+    processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset("tiny"))
+    first = load_splits(tiny_config(tmp_path, cache_dir, seed=3), processor, show_progress=False)["test"]
+    second = load_splits(tiny_config(tmp_path, cache_dir, seed=4), processor, show_progress=False)["test"]
+    assert first.subjects == second.subjects
+    torch.testing.assert_close(first.pixel_values, second.pixel_values)
+    metrics = [train(tiny_config(tmp_path / f"seed-{seed}", cache_dir, seed=seed, max_steps=2)) for seed in (3, 4)]
+    assert metrics[0]["data_seed"] == metrics[1]["data_seed"] and metrics[0]["seed"] != metrics[1]["seed"]
+
+
+def test_batch_norm_statistics_are_recalibrated_on_the_training_split():
+    """After training, every BatchNorm holds the exact mean of its inputs over the clean training pixels (a short
+    run's momentum averages still hold the initial statistics: 4D whole sequences were at chance because of it)."""
+    from modeling_facet import FacetVLMConfig, FacetVLMForExpressionRecognition
+    from training.data import ExpressionSplit
+    from training.train import recalibrate_batch_norm
+
+    vision = {"model_type": "resnet", "hidden_sizes": [8, 16], "depths": [1, 1], "embedding_size": 8}
+    model = FacetVLMForExpressionRecognition(FacetVLMConfig.from_preset("tiny", vision_config=vision))
+    pixels = torch.randn(10, 2, 3, 5, 32, 32) * 3 + 1
+    frame_mask = torch.tensor([[True, True]] * 5 + [[True, False]] * 5)
+    split = ExpressionSplit(pixels.half(), torch.zeros(10, dtype=torch.long), ["anger"], frame_mask)
+    first_norm = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = first_norm.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach()))
+    model.eval()
+    recalibrate_batch_norm(model, split, batch_size=4, device="cpu")
+    hook.remove()
+    assert not model.training and first_norm.momentum == 0.1
+    inputs = torch.cat(seen)
+    assert inputs.shape[0] == 15 * 3  # the real frames only, every view
+    torch.testing.assert_close(first_norm.running_mean, inputs.mean(dim=(0, 2, 3)), rtol=0.05, atol=0.05)

@@ -47,7 +47,7 @@ def _evaluate(args):
     from training.config import TrainConfig
 
     cfg = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, protocol=args.protocol, fold=args.fold,
-                      num_folds=args.num_folds, seed=args.seed, synthetic_subjects=args.synthetic_subjects,
+                      num_folds=args.num_folds, data_seed=args.seed, synthetic_subjects=args.synthetic_subjects,
                       test_intensities=args.test_intensities, cache_dir=args.cache_dir)  # fmt: skip
     metrics = evaluate_checkpoint(args.model, cfg, args.output, split=args.split)
     print(json.dumps({k: v for k, v in metrics.items() if k != "confusion_matrix"}, indent=2))

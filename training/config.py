@@ -45,8 +45,10 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
+    recalibrate_batch_norm: bool = True  # re-estimate BatchNorm statistics on the clean training split at the end
     mixed_precision: str = "auto"
-    seed: int = 42
+    seed: int = 42  # the model's initialisation, the data order, augmentation and dropout
+    data_seed: int = 42  # the protocol folds and the synthetic people: fixed while `seed` varies
     augment_views: bool = True
     augment_prompts: bool = True
     exclude_words: list = field(default_factory=list)

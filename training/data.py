@@ -120,10 +120,10 @@ def _builder(name: str, data_dir, image_processor, cfg, fold, protocol):
                     num_frames=image_processor.num_frames, window_length=cfg.window_length,
                     window_stride=cfg.window_stride)  # fmt: skip
     if name.startswith("synthetic") and data_dir is None:
-        settings.update(num_subjects=cfg.synthetic_subjects, data_seed=cfg.seed)
+        settings.update(num_subjects=cfg.synthetic_subjects, data_seed=cfg.data_seed)
     return spec.builder_class()(
         config_name=spec.config_name, data_dir=data_dir, cache_dir=cfg.cache_dir, protocol=protocol, fold=fold,
-        num_folds=cfg.num_folds, seed=cfg.seed, **settings,
+        num_folds=cfg.num_folds, seed=cfg.data_seed, **settings,
     )  # fmt: skip
 
 

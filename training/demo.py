@@ -31,8 +31,8 @@ def held_out_scan(cfg: TrainConfig) -> tuple[str, str]:
     from datasets_scripts.synthetic import SyntheticFaces
 
     builder = SyntheticFaces(config_name="scans", cache_dir=cfg.cache_dir, protocol=cfg.protocol, fold=cfg.fold,
-                             num_folds=cfg.num_folds, seed=cfg.seed, num_subjects=cfg.synthetic_subjects,
-                             data_seed=cfg.seed)  # fmt: skip
+                             num_folds=cfg.num_folds, seed=cfg.data_seed, num_subjects=cfg.synthetic_subjects,
+                             data_seed=cfg.data_seed)  # fmt: skip
     builder.download_and_prepare()
     test = builder.as_dataset()["test"]
     names = test.features["expression"].names

@@ -210,10 +210,12 @@ def train(cfg: TrainConfig) -> dict:
             _save(accelerator, output, step, model, processor, optimizer, scheduler, history, cfg)
     progress.close()
 
+    if cfg.recalibrate_batch_norm:
+        recalibrate_batch_norm(accelerator.unwrap_model(model), train_split, cfg.batch_size, accelerator.device)
     metrics = _gathered_metrics(accelerator, model, processor, test_split)
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
-                   train_samples=len(train_split), test_samples=len(test_split), world_size=world,
-                   parameters_in_sync=_parameters_in_sync(accelerator, model),
+                   data_seed=cfg.data_seed, train_samples=len(train_split), test_samples=len(test_split),
+                   world_size=world, parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
     if "eval" in splits:
         metrics["cross_dataset"] = _gathered_metrics(accelerator, model, processor, splits["eval"])
@@ -225,6 +227,30 @@ def train(cfg: TrainConfig) -> dict:
         (output / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     accelerator.wait_for_everyone()
     return metrics
+
+
+@torch.no_grad()
+def recalibrate_batch_norm(model, split: ExpressionSplit, batch_size: int, device) -> None:
+    """Re-estimate every BatchNorm's running statistics as the average over `split`'s clean pixels (real frames
+    only), weights unchanged. A short run's momentum averages still hold the initial statistics, and those of
+    augmented pixels: whole 4D sequences (36 steps) were at chance until recalibrated."""
+    norms = [module for module in model.modules() if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta, was_training = [norm.momentum for norm in norms], model.training
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches
+    model.train()
+    for start in range(0, len(split), batch_size):
+        batch = split.batch(range(start, min(start + batch_size, len(split))), device=device)
+        pixels = batch["pixel_values"]
+        if "frame_mask" in batch:
+            pixels = pixels[batch["frame_mask"]]
+        model.base_model.get_view_features(pixels.to(model.dtype))
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
+    model.train(was_training)
 
 
 def _gathered_metrics(accelerator, model, processor, split: ExpressionSplit) -> dict:
