@@ -13,6 +13,7 @@ from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
 
 from .mesh_io import FaceScan, FaceSequence, load_scan, load_sequence
+from .rasterization import to_device
 from .rendering import CHANNEL_WIDTHS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, MultiviewRenderer
 
 
@@ -200,7 +201,7 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         theta = np.concatenate([inverse, -(inverse @ shift[:, :, None])], axis=2)
 
         def per_image(array):  # (B * V, ...) -> (B * T * V, ...), one value per image, shared over frames
-            tensor = torch.as_tensor(array, dtype=images.dtype).view(batch, 1, views, *array.shape[1:])
+            tensor = to_device(array, images.device, images.dtype).view(batch, 1, views, *array.shape[1:])
             return tensor.expand(batch, frames, views, *array.shape[1:]).reshape(-1, *array.shape[1:])
 
         flat = images.reshape(-1, *images.shape[3:])

@@ -170,6 +170,15 @@ def zeros(shape, dtype, device) -> torch.Tensor:
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
+def to_device(array, device, dtype=None) -> torch.Tensor:
+    """A host array or tensor on ``device``; to a GPU through pinned memory without blocking, so that the copy does
+    not wait for the work already queued there (a copy from pageable memory does: a host synchronisation)."""
+    tensor = torch.as_tensor(array, dtype=dtype)
+    if torch.device(device).type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def take(values: torch.Tensor, index: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """``values`` indexed along its first (``dim=0``) or last dimension by a long ``index`` of any shape.
 

@@ -7,11 +7,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from modeling_facet.rasterization import to_device
 
 
 @dataclass(frozen=True)
@@ -104,13 +107,24 @@ class ExpressionSplit:
         subset.label_names = list(label_names)
         return subset
 
+    def to(self, device) -> "ExpressionSplit":
+        """The split with its tensors on `device` (itself when they are there already): training holds its split
+        on the GPU, so that a batch is gathered there without a copy from the host."""
+        if self.pixel_values.device == torch.device(device):
+            return self
+        moved = {name: None if value is None else to_device(value, device)
+                 for name, value in (("pixel_values", self.pixel_values), ("labels", self.labels),
+                                     ("frame_mask", self.frame_mask))}  # fmt: skip
+        return dataclasses.replace(self, **moved)
+
     def batch(self, indices, device=None) -> dict:
-        """Model inputs for `indices`: float32 pixel_values, labels and (sequences) frame_mask."""
-        index = torch.as_tensor(list(indices), dtype=torch.long)
+        """Model inputs for `indices`: float32 pixel_values, labels and (sequences) frame_mask, gathered on the
+        split's device and then moved to `device`."""
+        index = to_device(list(indices), self.pixel_values.device, torch.long)
         batch = {"pixel_values": self.pixel_values[index].float(), "labels": self.labels[index]}
         if self.frame_mask is not None:
             batch["frame_mask"] = self.frame_mask[index]
-        return {key: value.to(device) for key, value in batch.items()} if device is not None else batch
+        return {key: to_device(value, device) for key, value in batch.items()} if device is not None else batch
 
 
 def _builder(name: str, data_dir, image_processor, cfg, fold, protocol):

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor
+from modeling_facet.rasterization import to_device
 
 from . import checkpointing
 from .config import TrainConfig, add_arguments, config_from_args
@@ -68,10 +69,13 @@ class BatchBuilder:
     augmented prompt per sample, all seeded by the global step."""
 
     def __init__(self, cfg: TrainConfig, processor, split: ExpressionSplit, device):
-        self.cfg, self.processor, self.split, self.device = cfg, processor, split, device
+        self.cfg, self.processor, self.device = cfg, processor, torch.device(device)
+        # The rendered split is held on the device, its labels also on the host for prompt sampling: a step copies
+        # only its prompts and augmentation parameters there, without waiting for the device (no host sync).
+        self.split, self.host_labels = split.to(self.device), split.labels
         prompts = processor(labels=split.label_names, exclude_words=cfg.exclude_words, return_tensors="pt")
-        self.class_inputs = {"input_ids": prompts["input_ids"].to(device),
-                             "attention_mask": prompts["attention_mask"].to(device)}  # fmt: skip
+        self.class_inputs = {"input_ids": to_device(prompts["input_ids"], self.device),
+                             "attention_mask": to_device(prompts["attention_mask"], self.device)}  # fmt: skip
 
     def __call__(self, indices, step_seed: int) -> dict:
         batch = self.split.batch(indices, device=self.device)
@@ -83,15 +87,15 @@ class BatchBuilder:
         if self.cfg.augment_prompts and not self.split.multi_label:
             prompts = self.processor(
                 labels=self.split.label_names,
-                sample_labels=batch["labels"].tolist(),
+                sample_labels=self.host_labels[list(indices)].tolist(),
                 metadata=[self.split.metadata[i] for i in indices],
                 augment=True,
                 seed=step_seed,
                 exclude_words=self.cfg.exclude_words,
                 return_tensors="pt",
             )
-            batch["prompt_input_ids"] = prompts["prompt_input_ids"].to(self.device)
-            batch["prompt_attention_mask"] = prompts["prompt_attention_mask"].to(self.device)
+            batch["prompt_input_ids"] = to_device(prompts["prompt_input_ids"], self.device)
+            batch["prompt_attention_mask"] = to_device(prompts["prompt_attention_mask"], self.device)
         return batch
 
 
