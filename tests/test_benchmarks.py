@@ -13,7 +13,9 @@ import torch
 
 from benchmarks import accuracy_study, report
 from benchmarks.__main__ import BENCHMARKS, SPEED, selected
-from benchmarks.baselines import MultiviewCNN, depth_logistic_regression, frontal_depth_maps, train_mvcnn
+from benchmarks.baselines import (
+    MultiviewCNN, depth_logistic_regression, frontal_depth_maps, frontal_depth_split, train_depth_cnn, train_mvcnn,
+)
 from modeling_facet import FacetVLMConfig
 from training.data import ExpressionSplit
 
@@ -62,6 +64,17 @@ def test_mvcnn_trains_and_averages_view_logits():
     pixels = torch.randn(2, 3, 5, 16, 16)
     per_view = torch.stack([model(pixels[:, v : v + 1]) for v in range(3)], dim=1)
     torch.testing.assert_close(model(pixels), per_view.mean(dim=1))
+
+
+def test_depth_cnn_sees_only_the_frontal_depth_map_and_learns_it():
+    train, test = tiny_split(["F0001", "F0002", "M0001"], seed=0), tiny_split(["M0002"], seed=1)
+    reduced = frontal_depth_split(train, VIEWS, CHANNELS, size=8)
+    assert tuple(reduced.pixel_values.shape) == (len(train), 1, 1, 8, 8)
+    torch.testing.assert_close(reduced.pixel_values.float().mean(dim=(1, 2, 3, 4)),
+                               train.pixel_values[:, 1, 1].float().mean(dim=(1, 2)), atol=1e-2, rtol=1e-2)  # fmt: skip
+    metrics = train_depth_cnn(train, test, VIEWS, CHANNELS, epochs=30, batch_size=8, learning_rate=1e-2)
+    assert metrics["accuracy"] >= 0.8 and metrics["train_accuracy"] >= 0.8  # the class is a bright depth row
+    assert metrics["views"] == 1 and metrics["input"].startswith("frontal depth map")
 
 
 def test_baselines_refuse_multi_label_and_sequence_splits():
