@@ -4,10 +4,12 @@ faces, each as a FaceScan or FaceSequence; every bad upload raises an UploadErro
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import re
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -20,6 +22,11 @@ UPLOAD_EXTENSIONS = SCAN_EXTENSIONS + (SEQUENCE_EXTENSION,)
 SAMPLE_SEED = 7
 SAMPLE_SEQUENCE_FRAMES = 12
 _MEGABYTE = 1024 * 1024
+MAX_ARCHIVE_ENTRIES = 10_000  # BP4D's longest sequences have a few thousand frames
+EXTRACT_CHUNK_BYTES = _MEGABYTE
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+# What reading a damaged entry raises: bad headers or CRC, bz2 (OSError), deflate, LZMA, a truncated stream.
+_EXTRACT_ERRORS = (zipfile.BadZipFile, OSError, EOFError, zlib.error, lzma.LZMAError, RuntimeError, NotImplementedError)
 
 
 class UploadError(ValueError):
@@ -76,36 +83,67 @@ def _load_scan_bytes(name: str, data: bytes, folder: str) -> FaceScan:
     return scan
 
 
+def _frame_members(name: str, archive: zipfile.ZipFile, max_bytes: int) -> list:
+    """The frame entries of `archive` in natural name order, refusing too many entries, frames whose declared sizes
+    exceed `max_bytes`, and encrypted or unsupported entries before anything is extracted."""
+    entries = archive.infolist()
+    if len(entries) > MAX_ARCHIVE_ENTRIES:
+        raise UploadError(name, f"the archive holds {len(entries):,} entries, more than the {MAX_ARCHIVE_ENTRIES:,} "
+                          "accepted")  # fmt: skip
+    members = [info for info in entries
+               if not info.is_dir() and os.path.splitext(info.filename)[1].lower() in SCAN_EXTENSIONS]  # fmt: skip
+    if not members:
+        raise UploadError(name, f"the archive holds no frame files ({', '.join(SCAN_EXTENSIONS)})")
+    expanded = sum(info.file_size for info in members)
+    if expanded > max_bytes:
+        raise UploadError(name, f"its frames expand to {_megabytes(expanded)}, over the {_megabytes(max_bytes)} upload limit")
+    for info in members:
+        if info.flag_bits & 0x1:
+            raise UploadError(name, f"entry {info.filename} is encrypted; upload an unencrypted archive")
+        if info.compress_type not in _ZIP_METHODS:
+            raise UploadError(name, f"entry {info.filename} uses unsupported compression method {info.compress_type}; "
+                              "use deflate (the default of zip tools)")  # fmt: skip
+    return sorted(members, key=lambda info: _natural_key(info.filename))
+
+
+def _extract(name: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: str, budget: int) -> int:
+    """Copies entry `info` to `path` in chunks, stopping once more than `budget` bytes came out whatever its header
+    declares (a zip bomb); returns the bytes written."""
+    written = 0
+    with archive.open(info) as source, open(path, "wb") as target:
+        while chunk := source.read(EXTRACT_CHUNK_BYTES):
+            written += len(chunk)
+            if written > budget:
+                raise UploadError(name, f"entry {info.filename} expands beyond the upload limit (its header declares "
+                                  f"{_megabytes(info.file_size)})")  # fmt: skip
+            target.write(chunk)
+    return written
+
+
 def _sequence_from_zip(name: str, data: bytes, max_bytes: int) -> FaceInput:
     """Writes the frame files of a zip (any folder depth, natural name order) into a temporary directory and
-    returns a lazily read FaceSequence of them."""
+    returns a lazily read FaceSequence of them; at most `max_bytes` are extracted in all."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile as error:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as error:
         raise UploadError(name, f"not a valid zip archive ({error})") from error
     with archive:
-        members = [info for info in archive.infolist()
-                   if not info.is_dir() and os.path.splitext(info.filename)[1].lower() in SCAN_EXTENSIONS]  # fmt: skip
-        if not members:
-            raise UploadError(name, f"the archive holds no frame files ({', '.join(SCAN_EXTENSIONS)})")
-        expanded = sum(info.file_size for info in members)
-        if expanded > max_bytes:
-            raise UploadError(
-                name, f"its frames expand to {_megabytes(expanded)}, over the {_megabytes(max_bytes)} upload limit"
-            )
-        members.sort(key=lambda info: _natural_key(info.filename))
+        members = _frame_members(name, archive, max_bytes)
         folder = tempfile.TemporaryDirectory(prefix="facet-app-sequence-")
-        paths, frame_names = [], {}
+        paths, frame_names, budget = [], {}, max_bytes
         try:
             for index, info in enumerate(members):
                 path = os.path.join(folder.name, f"{index:06d}{os.path.splitext(info.filename)[1].lower()}")
-                with archive.open(info) as source, open(path, "wb") as target:
-                    target.write(source.read())
+                try:
+                    budget -= _extract(name, archive, info, path, budget)
+                except _EXTRACT_ERRORS as error:
+                    raise UploadError(name, f"entry {info.filename} cannot be extracted ({type(error).__name__}: "
+                                      f"{error})") from error  # fmt: skip
                 paths.append(path)
                 frame_names[path] = f"{name}/{info.filename}"
-        except (zipfile.BadZipFile, OSError, EOFError) as error:
+        except UploadError:
             folder.cleanup()
-            raise UploadError(name, f"cannot be extracted ({type(error).__name__}: {error})") from error
+            raise
     sequence = FaceSequence(paths, list(paths), source_path=name)
     return FaceInput(name=name, item=sequence, folder=folder, frame_names=frame_names)
 
