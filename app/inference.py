@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image
 
-from modeling_facet.rendering import CHANNEL_WIDTHS
+from modeling_facet.render_settings import CHANNEL_WIDTHS
 
 from .inputs import FaceInput
 

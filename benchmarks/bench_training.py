@@ -49,7 +49,7 @@ def _max_rss_mb() -> float:
 def random_split(config, num_samples: int, seed: int = 0):
     """An in-memory [`ExpressionSplit`] of random float16 pixels shaped like `config`'s rendered views."""
     from modeling_facet.configuration_facet import EMOTION_LABELS
-    from modeling_facet.rendering import channel_count
+    from modeling_facet.render_settings import channel_count
     from training.data import ExpressionSplit
 
     shape = (num_samples, config.num_views, channel_count(config.channels), config.image_size, config.image_size)

@@ -8,14 +8,16 @@ Every builder is a :class:`FacetBuilder` used as ``Builder(data_dir=..., config_
 * ``render``: False for the ``scans`` / ``sequences`` configs (paths, labels, metadata), True for ``views`` configs,
   which add ``pixel_values`` rendered by ``FacetMeshImageProcessor`` with the config's ``views``, ``image_size``,
   ``channels``, ``backend`` and (sequences) ``num_frames``: (V, C, H, W) per scan, (T, V, C, H, W) per sequence.
+  ``render_settings=processor.render_settings()`` renders with every setting of an image processor instead, so
+  that the cached pixels are those the processor gives at inference.
 * ``protocol``, ``fold``, ``num_folds``, ``seed``: which examples the benchmark protocol keeps and how subjects are
   split (see :mod:`datasets_scripts.protocols`). Design: with ``fold=None`` (default) there is a single ``train``
   split holding every example of the protocol and a ``fold`` column (the fold whose test set holds the example's
   subject); with ``fold=k`` there are ``train`` and ``test`` splits, test holding the subjects of fold k, checked
   to share no subject with train.
 
-Caching. The cache directory depends on every config field that changes the content (the view settings only for
-rendering configs), so a view-setting change never reuses a stale cache; and on a fingerprint of the data tree
+Caching. The cache directory depends on every config field that changes the content (for rendering configs, every
+image processor setting of :meth:`FacetBuilderConfig.processor_settings`, defaults included), so a view-setting change never reuses a stale cache; and on a fingerprint of the data tree
 (relative paths, sizes and modification times of every file under ``data_dir``), so edited or added files are
 picked up. A second ``download_and_prepare`` with the same settings reuses the cache without rendering.
 ``download_and_prepare(num_proc=N)`` renders in N processes (examples are list-valued gen_kwargs shards), each
@@ -50,7 +52,7 @@ from datasets.exceptions import DatasetGenerationError
 
 from modeling_facet.image_processing_facet import DEFAULT_NUM_FRAMES, FacetMeshImageProcessor
 from modeling_facet.mesh_io import FaceSequence, ScanFormatError, load_landmarks, load_scan
-from modeling_facet.rendering import DEFAULT_VIEWS, channel_count
+from modeling_facet.render_settings import DEFAULT_CHANNELS, DEFAULT_VIEWS, channel_count
 
 from .protocols import fold_of_subject, train_test_subjects
 
@@ -60,7 +62,8 @@ logger = logging.getLogger(__name__)
 EMOTIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
 EMOTIONS_WITH_NEUTRAL = EMOTIONS + ("neutral",)
 GENDERS = {"F": "female", "M": "male"}
-RENDER_FIELDS = ("views", "image_size", "channels", "backend", "num_frames")
+RENDER_FIELDS = ("views", "image_size", "channels", "backend", "num_frames", "render_settings")
+_FRAME_RENDER_SETTINGS = ("num_frames", "frame_sampling", "window_stride")  # decide nothing for static scans
 SEQUENCE_FIELDS = ("num_frames", "window_length", "window_stride")
 DEFAULT_IMAGE_SIZE = 96  # the "small" model preset renders 96 px views
 RENDER_BATCH_SIZE = 16  # static scans drawn per renderer call
@@ -94,6 +97,8 @@ class FacetBuilderConfig(datasets.BuilderConfig):
         backend: renderer backend, ``"torch"`` or ``"pyrender"``.
         num_frames: frames rendered per sequence or window: the image processor spreads them evenly over it;
             shorter ones are padded, with ``frame_mask`` False on the padding.
+        render_settings: an image processor's ``render_settings()``; its keys replace the five settings above, and
+            the others (``face_size``, ``frame_sampling``, ``image_mean``, ...) are the processor's own.
         window_length: cut sequences into windows of this many frames (each window an example); ``None`` keeps
             whole sequences. A sequence shorter than the window gives one example with all its frames.
         window_stride: frames between the starts of consecutive windows.
@@ -108,9 +113,10 @@ class FacetBuilderConfig(datasets.BuilderConfig):
     render: bool = False
     views: tuple = DEFAULT_VIEWS
     image_size: int = DEFAULT_IMAGE_SIZE
-    channels: tuple = ("shaded", "depth", "normals")
+    channels: tuple = DEFAULT_CHANNELS
     backend: str = "torch"
     num_frames: int = DEFAULT_NUM_FRAMES
+    render_settings: Optional[dict] = None
     window_length: Optional[int] = None
     window_stride: int = 1
     skip_bad_files: bool = False
@@ -119,27 +125,43 @@ class FacetBuilderConfig(datasets.BuilderConfig):
     num_folds: int = 10
     seed: int = 0
 
+    def processor_settings(self) -> dict:
+        """The ``FacetMeshImageProcessor`` keyword arguments this config renders with (every one of its
+        ``render_settings()``): the view fields, replaced by any key of ``render_settings``."""
+        fields = {name: getattr(self, name) for name in RENDER_FIELDS if name != "render_settings"}
+        return FacetMeshImageProcessor(**{**fields, **(self.render_settings or {})}).render_settings()
+
     def content_settings(self) -> dict:
-        """The fields that change the prepared data, canonicalised (tuples, float view angles); view settings count
+        """The fields that change the prepared data, canonicalised (tuples); the image processor settings count
         only when rendering, and frame settings only for sequences."""
         inherited = {field.name for field in dataclasses.fields(datasets.BuilderConfig)}
-        unused = set() if self.render else set(RENDER_FIELDS)
+        unused = set(RENDER_FIELDS)
         if self.level != "sequence":
             unused.update(SEQUENCE_FIELDS)
         settings = {}
         for field in dataclasses.fields(self):
-            if field.name in inherited or field.name in unused:
-                continue
-            value = getattr(self, field.name)
-            if field.name == "views":
-                value = tuple((float(yaw), float(pitch)) for yaw, pitch in value)
-            settings[field.name] = tuple(value) if isinstance(value, list) else value
+            if field.name not in inherited and field.name not in unused:
+                settings[field.name] = _canonical(getattr(self, field.name))
+        if self.render:
+            rendering = self.processor_settings()
+            if self.level != "sequence":
+                rendering = {name: value for name, value in rendering.items() if name not in _FRAME_RENDER_SETTINGS}
+            settings["render_settings"] = _canonical(rendering)
         return settings
 
     def create_config_id(self, config_kwargs: dict, custom_features=None) -> str:
         # datasets only hashes the kwargs given to the builder; hashing every content setting means a changed
         # default or view setting can never land in an existing cache folder.
         return super().create_config_id({**config_kwargs, **self.content_settings()}, custom_features)
+
+
+def _canonical(value):
+    """Lists as tuples and dicts as sorted item tuples, recursively (equal settings, equal cache keys)."""
+    if isinstance(value, dict):
+        return tuple(sorted((key, _canonical(item)) for key, item in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical(item) for item in value)
+    return value
 
 
 def tree_fingerprint(root: str) -> str:
@@ -262,7 +284,7 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
                 f"window_length and window_stride must be >= 1, got {config.window_length}, {config.window_stride}"
             )
         if config.render:
-            channel_count(config.channels)
+            config.processor_settings()  # the image processor checks its settings
 
     # ------------------------------------------------------------------------------------------------ features
 
@@ -273,13 +295,14 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
         return self.config.level == "sequence"
 
     def _pixel_features(self) -> dict:
-        config = self.config
-        shape = (len(config.views), channel_count(config.channels), config.image_size, config.image_size)
+        settings = self.config.processor_settings()
+        size, frames = settings["image_size"], settings["num_frames"]
+        shape = (len(settings["views"]), channel_count(settings["channels"]), size, size)
         if not self._is_sequence():
             return {"pixel_values": datasets.Array4D(shape=shape, dtype="float32")}
         return {
-            "pixel_values": datasets.Array5D(shape=(config.num_frames, *shape), dtype="float32"),
-            "frame_mask": datasets.List(datasets.Value("bool"), length=config.num_frames),
+            "pixel_values": datasets.Array5D(shape=(frames, *shape), dtype="float32"),
+            "frame_mask": datasets.List(datasets.Value("bool"), length=frames),
         }
 
     def _info(self) -> datasets.DatasetInfo:
@@ -386,11 +409,7 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
             return None
 
     def _image_processor(self) -> FacetMeshImageProcessor:
-        config = self.config
-        return FacetMeshImageProcessor(
-            views=config.views, image_size=config.image_size, channels=config.channels, backend=config.backend,
-            num_frames=config.num_frames,
-        )
+        return FacetMeshImageProcessor(**self.config.processor_settings())
 
     def _render(self, processor, inputs: list) -> list:
         """One dict of ``pixel_values`` (and, for sequences, ``frame_mask`` padded to ``num_frames``) per input."""
@@ -398,7 +417,7 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
         pixels = np.asarray(outputs["pixel_values"], dtype=np.float32)
         if not self._is_sequence():
             return [{"pixel_values": pixel} for pixel in pixels]
-        padding = self.config.num_frames - pixels.shape[1]
+        padding = processor.num_frames - pixels.shape[1]
         pixels = np.pad(pixels, [(0, 0), (0, padding)] + [(0, 0)] * (pixels.ndim - 2))
         masks = np.pad(np.asarray(outputs["frame_mask"], dtype=bool), [(0, 0), (0, padding)])
         return [{"pixel_values": pixel, "frame_mask": mask.tolist()} for pixel, mask in zip(pixels, masks)]
@@ -463,7 +482,8 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
     def _worker_start_method(self, num_proc: Optional[int]):
         """Spawn (not fork) the workers that render with OpenGL: a process forked after its parent drew with EGL
         hangs in the driver."""
-        if not (self.config.render and self.config.backend == "pyrender" and num_proc and num_proc > 1):
+        render = self.config.render and num_proc and num_proc > 1
+        if not (render and self.config.processor_settings()["backend"] == "pyrender"):
             yield
             return
         previous = multiprocess.get_start_method(allow_none=True)

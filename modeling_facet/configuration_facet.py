@@ -9,7 +9,7 @@ import os
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .rendering import channel_count
+from .render_settings import DEFAULT_CHANNELS, DEFAULT_VIEWS, canonical_views, channel_count
 
 
 EMOTION_LABELS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
@@ -131,8 +131,8 @@ class FacetVLMConfig(PreTrainedConfig):
     vision_config: PreTrainedConfig | dict | None = None
     text_config: PreTrainedConfig | dict | None = None
     projection_dim: int = 512
-    views: list | tuple = ((0.0, 0.0), (20.0, 0.0), (-20.0, 0.0))
-    channels: list | tuple = ("shaded", "depth", "normals")
+    views: list | tuple = DEFAULT_VIEWS
+    channels: list | tuple = DEFAULT_CHANNELS
     image_size: int = 224
     shared_vision_tower: bool = True
     use_view_embeddings: bool = True
@@ -165,7 +165,7 @@ class FacetVLMConfig(PreTrainedConfig):
         if self.problem_type is None:
             self.problem_type = "single_label_classification"
         super().__post_init__(**kwargs)
-        self.views = [[float(yaw), float(pitch)] for yaw, pitch in self.views]
+        self.views = canonical_views(self.views)
         self.channels = list(self.channels)
         self.vision_config.num_channels = channel_count(self.channels)
         if self.text_pooling is None:

@@ -14,11 +14,17 @@ from transformers.image_processing_utils import BaseImageProcessor
 
 from .mesh_io import FaceScan, FaceSequence, load_scan, load_sequence
 from .rasterization import to_device
-from .rendering import CHANNEL_WIDTHS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, MultiviewRenderer
+from .render_settings import DEFAULT_CHANNELS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, canonical_views, channel_offset
+from .rendering import MultiviewRenderer
 
 
 FRAME_SAMPLING_MODES = ("uniform", "window")
 DEFAULT_NUM_FRAMES = 8
+# The settings that decide the pixel_values of a scan or sequence when nothing is augmented.
+RENDER_SETTINGS = (
+    "views", "image_size", "channels", "backend", "face_size", "num_frames", "frame_sampling", "window_stride",
+    "image_mean", "image_std",
+)  # fmt: skip
 _SUPPORTED_INPUTS = (
     "a scan file path, a sequence folder path, a FaceScan, a FaceSequence, a trimesh.Trimesh / trimesh.Scene, "
     "a mapping with 'vertices' and 'faces', or a list of those"
@@ -65,7 +71,7 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         self,
         views=DEFAULT_VIEWS,
         image_size: int = 224,
-        channels=("shaded", "depth", "normals"),
+        channels=DEFAULT_CHANNELS,
         backend: str = "torch",
         face_size: float = DEFAULT_FACE_SIZE,
         num_frames: int = DEFAULT_NUM_FRAMES,
@@ -80,7 +86,7 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.views = [[float(yaw), float(pitch)] for yaw, pitch in views]
+        self.views = canonical_views(views)
         self.image_size = int(image_size)
         self.channels = list(channels)
         self.backend = backend
@@ -120,6 +126,12 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         defaults = dict(views=config.views, channels=config.channels, image_size=config.image_size)
         defaults["num_frames"] = min(DEFAULT_NUM_FRAMES, config.max_frames)
         return cls(**{**defaults, **kwargs})
+
+    def render_settings(self) -> dict:
+        """The settings of [`RENDER_SETTINGS`], as `FacetMeshImageProcessor(**settings)` takes them: the dataset
+        builders render cached training views with exactly these (and key their cache by them), so that training
+        sees the pixels this processor gives at inference."""
+        return copy.deepcopy({name: getattr(self, name) for name in RENDER_SETTINGS})
 
     def _render_settings(self) -> tuple:
         return copy.deepcopy((self.views, self.image_size, self.channels, self.backend, self.face_size))
@@ -223,7 +235,7 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         """Applies each image's in-plane rotation / mirror `linear` (N, 2, 2) to its surface-normal channels."""
         if "normals" not in self.channels:
             return images
-        start = sum(CHANNEL_WIDTHS[name] for name in self.channels[: self.channels.index("normals")])
+        start = channel_offset(self.channels, "normals")
         encoded = images[:, start : start + 3]
         foreground = encoded[:, 2:3] > 0  # rendered normals face the camera: z >= 0 maps to >= 0.5
         # (x, y) of the normal in image coordinates, where y points down.

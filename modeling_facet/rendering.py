@@ -43,14 +43,13 @@ import torch
 
 from .mesh_io import FaceScan, ScanFormatError
 from .rasterization import rasterize, resolve_method, take, zeros
+from .render_settings import CHANNEL_WIDTHS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, channel_count
+from .render_settings import check_channel as _check_channel
 
 
 logger = logging.getLogger(__name__)
 
-CHANNEL_WIDTHS = {"shaded": 1, "depth": 1, "normals": 3, "texture": 3}
 BACKENDS = ("torch", "pyrender")
-DEFAULT_VIEWS = ((0.0, 0.0), (20.0, 0.0), (-20.0, 0.0))
-DEFAULT_FACE_SIZE = 0.65
 _DEFAULT_IMAGE_SIZE = 224
 DEPTH_NEAR = 0.25
 DEPTH_FAR = -1.25
@@ -59,17 +58,6 @@ LIGHT_DIRECTION = tuple(float(c) for c in np.array([-0.3, 0.4, 1.0]) / np.linalg
 
 _NOSE_TIP_NAME = re.compile(r"nose[\W_]*tip|pronasale", re.IGNORECASE)
 _CPU_PIXELS_PER_PASS = 1 << 18
-
-
-def channel_count(channels) -> int:
-    """Number of image channels that ``channels`` (names from :data:`CHANNEL_WIDTHS`) stack to."""
-    return sum(CHANNEL_WIDTHS[_check_channel(name)] for name in channels)
-
-
-def _check_channel(name: str) -> str:
-    if name not in CHANNEL_WIDTHS:
-        raise ValueError(f"Unknown render channel {name!r}; choose from {sorted(CHANNEL_WIDTHS)}")
-    return name
 
 
 def _as_face_scan(scan) -> FaceScan:

@@ -708,3 +708,22 @@ def test_synthetic_tree_without_sidecar_says_how_to_make_one(tmp_path):
         prepare(SyntheticFaces, root, tmp_path / "cache", "scans", num_folds=2)
     with pytest.raises(ValueError, match="sequence configs take the protocols"):
         SyntheticFaces(config_name="sequences", cache_dir=str(tmp_path), protocol="all7")
+
+
+def test_an_image_processors_render_settings_travel_whole_into_the_renders_and_the_cache_key(tmp_path):
+    from modeling_facet import FacetMeshImageProcessor
+
+    processor = FacetMeshImageProcessor(views=[[0, 0]], image_size=16, face_size=0.5, image_mean=0.3, image_std=0.2,
+                                        num_frames=3, frame_sampling="window", window_stride=2)  # fmt: skip
+    settings = processor.render_settings()
+
+    def builder(config_name, **changes):
+        return SyntheticFaces(config_name=config_name, cache_dir=str(tmp_path), render_settings={**settings, **changes})
+
+    for config_name in ("views", "sequence_views"):
+        assert builder(config_name)._image_processor().render_settings() == settings
+        for name, value in [("image_mean", 0.0), ("face_size", 0.6), ("channels", ["depth"])]:
+            assert builder(config_name, **{name: value}).cache_dir != builder(config_name).cache_dir, name
+    # Frame sampling decides the pixels of sequences only, so it splits only their cache.
+    assert builder("sequence_views", window_stride=1).cache_dir != builder("sequence_views").cache_dir
+    assert builder("views", window_stride=1).cache_dir == builder("views").cache_dir

@@ -1,6 +1,7 @@
 """setup.py ships every package of the checkout, so `facet-vlm` works from any directory after `pip install`."""
 
 import ast
+import json
 import subprocess
 import sys
 import zipfile
@@ -47,3 +48,27 @@ def test_publish_finds_the_model_card_in_the_checkout_or_the_install_prefix(tmp_
     installed.parent.mkdir(parents=True)
     installed.write_text("card")
     assert find_model_card_template(tmp_path / "site-packages", tmp_path / "prefix") == installed
+
+
+def test_the_configuration_is_a_leaf():
+    # Loading FacetVLMConfig as remote code (its file and what it imports relatively, without the package's
+    # __init__) imports no module of ours beyond the config and no third-party library beyond transformers.
+    # transformers 5 itself imports torch for PreTrainedConfig, so torch is checked where it is still absent.
+    code = f"""if True:
+        import json, sys, types
+        torch_before = "torch" in sys.modules
+        from transformers import AutoConfig, PreTrainedConfig
+        from transformers.configuration_utils import SubConfigSpec
+        before = set(sys.modules)
+        package = types.ModuleType("remote_code")
+        package.__path__ = [{str(ROOT / "modeling_facet")!r}]
+        sys.modules["remote_code"] = package
+        from remote_code.configuration_facet import FacetVLMConfig
+        FacetVLMConfig.from_preset("tiny", channels=["depth", "normals"])
+        new = sorted(name for name in set(sys.modules) - before if not name.startswith("transformers."))
+        print(json.dumps(dict(new=new, torch="torch" in sys.modules, torch_by_transformers="torch" in before)))
+    """
+    result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
+    report = json.loads(result.stdout)
+    assert report["new"] == ["remote_code", "remote_code.configuration_facet", "remote_code.render_settings"]
+    assert report["torch"] == report["torch_by_transformers"]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -234,6 +235,37 @@ def test_excluded_words_stay_out_of_the_training_class_prompts():
     prompts = [processor.batch_decode(row, skip_special_tokens=True) for row in builder.class_inputs["input_ids"]]
     assert all("repulsed" in text and "disgusted" not in text for text in prompts[0])
     assert all("happy" in text for text in prompts[1])
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "synthetic4d"])
+def test_training_pixels_equal_inference_pixels_for_a_non_default_processor(tmp_path, dataset):
+    from datasets_scripts.synthetic import SyntheticFaces
+    from modeling_facet import FacetMeshImageProcessor
+    from training.data import load_splits
+
+    processor = FacetMeshImageProcessor(
+        views=[[0, 0], [15, 5]], image_size=16, channels=["depth", "shaded"], face_size=0.5, num_frames=3,
+        frame_sampling="window", window_stride=2, image_mean=0.3, image_std=0.2,
+    )  # fmt: skip
+    cfg = tiny_config(tmp_path / "run", str(tmp_path / "cache"), dataset=dataset, synthetic_subjects=2)
+    test = load_splits(cfg, processor, show_progress=False)["test"]
+    sequence = dataset == "synthetic4d"
+    paths = SyntheticFaces(
+        config_name="sequences" if sequence else "scans", cache_dir=cfg.cache_dir, num_subjects=2,
+        data_seed=cfg.data_seed, protocol="all", num_folds=2, fold=0, seed=cfg.data_seed,
+    )  # fmt: skip
+    paths.download_and_prepare()
+    rows = paths.as_dataset()["test"].to_list()
+    names = paths.info.features["expression"].names
+    key = (lambda row: (row["subject"], names[row["expression"]])) if sequence else (
+        lambda row: (row["subject"], names[row["expression"]], row["intensity"]))  # fmt: skip
+    inputs = {key(row): os.path.dirname(row["frame_paths"][0]) if sequence else row["scan_path"] for row in rows}
+    assert len(test) == len(inputs)
+    for i in range(len(test)):
+        found = (test.subjects[i], test.label_names[int(test.labels[i])])
+        found += () if sequence else (int(test.intensities[i]),)
+        expected = processor(inputs[found], return_tensors="pt")["pixel_values"][0]
+        np.testing.assert_allclose(test.pixel_values[i].float().numpy(), expected.numpy(), atol=2e-2)
 
 
 def test_the_model_seed_leaves_the_folds_and_the_data_alone(tmp_path, cache_dir):

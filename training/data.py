@@ -129,9 +129,7 @@ class ExpressionSplit:
 
 def _builder(name: str, data_dir, image_processor, cfg, fold, protocol):
     spec = DATASETS[name]
-    settings = dict(views=tuple(tuple(view) for view in image_processor.views), image_size=image_processor.image_size,
-                    channels=tuple(image_processor.channels), backend=image_processor.backend,
-                    num_frames=image_processor.num_frames, window_length=cfg.window_length,
+    settings = dict(render_settings=image_processor.render_settings(), window_length=cfg.window_length,
                     window_stride=cfg.window_stride)  # fmt: skip
     if name.startswith("synthetic") and data_dir is None:
         settings.update(num_subjects=cfg.synthetic_subjects, data_seed=cfg.data_seed)
