@@ -33,6 +33,8 @@ import os
 import datasets
 import numpy as np
 
+from modeling_facet.prompts import BP4D_AUS
+
 from .common import (
     EMOTIONS,
     GENDERS,
@@ -51,7 +53,6 @@ from .protocols import BP4D_PARTS, bp4d_folds
 
 logger = logging.getLogger(__name__)
 
-BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
 # Target emotion of each task (§4.1) for cross-dataset expression tests; -1 (no label) for T4 and T6.
 TASK_EXPRESSIONS = {
     "T1": "happiness", "T2": "sadness", "T3": "surprise", "T4": -1, "T5": "fear", "T6": -1, "T7": "anger", "T8": "disgust",

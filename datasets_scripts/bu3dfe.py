@@ -37,13 +37,10 @@ from .common import (
     subject_features,
     subject_folders,
 )
+from .bu_codes import EXPRESSION_CODES, RACE_CODES
 from .protocols import benchmark_folds, bu3dfe_folds
 
 
-EXPRESSION_CODES = dict(zip(("AN", "DI", "FE", "HA", "SA", "SU", "NE"), EMOTIONS_WITH_NEUTRAL))
-RACE_CODES = {
-    "WH": "White", "BL": "Black", "AE": "East Asian", "AM": "Middle-East Asian", "IN": "Indian", "LA": "Hispanic/Latino",
-}  # fmt: skip
 SUBJECT_PATTERN = r"[FM]\d{4}"
 # Any per-model file: (model stem, subject, expression, intensity, race, kind). The codes are checked afterwards,
 # so that an unknown code is reported instead of ignored.

@@ -41,11 +41,12 @@ from .common import (
     subject_features,
     subject_folders,
 )
+from .bu_codes import BU4DFE_FOLDERS, EXPRESSION_CODES
+from .bu_codes import BU4DFE_LANDMARK_DIR as LANDMARK_RELEASE
 from .protocols import benchmark_folds, bu4dfe_folds
 
 
-FOLDER_EXPRESSIONS = dict(zip(("Angry", "Disgust", "Fear", "Happy", "Sad", "Surprise"), EMOTIONS))
-LANDMARK_RELEASE = "BU4DFE_BND_V1.1"
+FOLDER_EXPRESSIONS = {folder: EXPRESSION_CODES[code] for code, folder in BU4DFE_FOLDERS.items()}
 SUBJECT_PATTERN = r"[FM]\d{3}"
 PROTOCOLS = {"standard": bu4dfe_folds, "all": benchmark_folds}
 

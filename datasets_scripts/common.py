@@ -52,6 +52,7 @@ from datasets.exceptions import DatasetGenerationError
 
 from modeling_facet.image_processing_facet import DEFAULT_NUM_FRAMES, FacetMeshImageProcessor
 from modeling_facet.mesh_io import FaceSequence, ScanFormatError, load_landmarks, load_scan
+from modeling_facet.prompts import EMOTIONS, EXPRESSIONS
 from modeling_facet.render_settings import DEFAULT_CHANNELS, DEFAULT_VIEWS, channel_count
 
 from .protocols import fold_of_subject, train_test_subjects
@@ -59,8 +60,7 @@ from .protocols import fold_of_subject, train_test_subjects
 
 logger = logging.getLogger(__name__)
 
-EMOTIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
-EMOTIONS_WITH_NEUTRAL = EMOTIONS + ("neutral",)
+EMOTIONS_WITH_NEUTRAL = EXPRESSIONS
 GENDERS = {"F": "female", "M": "male"}
 RENDER_FIELDS = ("views", "image_size", "channels", "backend", "num_frames", "render_settings")
 _FRAME_RENDER_SETTINGS = ("num_frames", "frame_sampling", "window_stride")  # decide nothing for static scans

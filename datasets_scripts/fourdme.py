@@ -35,6 +35,7 @@ import re
 import datasets
 
 from modeling_facet.mesh_io import SCAN_EXTENSIONS
+from modeling_facet.prompts import MICRO_EXPRESSIONS as EMOTIONS_4DME
 
 from .common import FacetBuilder, FacetBuilderConfig, LabelError, MissingDataError, numbered_frames, subject_features
 from .protocols import leave_one_subject_out, subject_folds
@@ -42,7 +43,6 @@ from .protocols import leave_one_subject_out, subject_folds
 
 logger = logging.getLogger(__name__)
 
-EMOTIONS_4DME = ("positive", "negative", "surprise", "repression", "others")
 LABELS_FILE = "labels.csv"
 LABEL_COLUMNS = ("clip_id", "subject", "onset", "apex", "offset", "aus", "emotions")
 _AU = re.compile(r"(?:AU)?[LRB]?(\d+)[A-Z]*", re.IGNORECASE)

@@ -31,26 +31,18 @@ from tqdm.auto import tqdm
 
 from modeling_facet.mesh_io import FaceScan, write_bnd, write_wrl
 
+from .bu_codes import BU4DFE_FOLDERS, BU4DFE_LANDMARK_DIR, RACE_CODES
+from .bu_codes import EXPRESSION_CODES as EXPRESSIONS
+
 
 AU_LIST = (1, 2, 4, 5, 6, 7, 9, 10, 12, 15, 16, 17, 20, 23, 24, 25, 26, 27)
 AU_NAMES = tuple(f"AU{number}" for number in AU_LIST)
 _AU_INDEX = {number: index for index, number in enumerate(AU_LIST)}
 
-EXPRESSIONS = {
-    "AN": "anger",
-    "DI": "disgust",
-    "FE": "fear",
-    "HA": "happiness",
-    "SA": "sadness",
-    "SU": "surprise",
-    "NE": "neutral",
-}
-EMOTION_CODES = ("AN", "DI", "FE", "HA", "SA", "SU")
-BU4DFE_FOLDERS = {"AN": "Angry", "DI": "Disgust", "FE": "Fear", "HA": "Happy", "SA": "Sad", "SU": "Surprise"}
-RACES = ("WH", "BL", "AE", "AM", "IN", "LA")
+EMOTION_CODES = tuple(code for code in EXPRESSIONS if code != "NE")
+RACES = tuple(RACE_CODES)
 _RACE_WEIGHTS = np.array([51, 9, 24, 2, 6, 8], dtype=np.float64) / 100.0  # BU-3DFE subject counts
 LABELS_FILENAME = "synthetic_labels.csv"
-BU4DFE_LANDMARK_DIR = "BU4DFE_BND_V1.1"
 
 # EMFACS prototypes as (core, optional) AU -> apex activation. A subject's style may omit optional AUs.
 PROTOTYPES = {

@@ -9,10 +9,10 @@ import os
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .prompts import EMOTIONS as EMOTION_LABELS
 from .render_settings import DEFAULT_CHANNELS, DEFAULT_VIEWS, canonical_views, channel_count
 
 
-EMOTION_LABELS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
 
 CVSA_MODES = ("attention", "mean", "weights")
 TEMPORAL_MODES = ("transformer", "mean")

@@ -16,8 +16,10 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 
-# Canonical class names, in the order of FacetVLMConfig's default id2label (plus neutral).
-EXPRESSIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+# The six basic expressions: FacetVLMConfig's default id2label and the class order of every benchmark builder.
+EMOTIONS = ("anger", "disgust", "fear", "happiness", "sadness", "surprise")
+# Canonical class names of the expression benchmarks.
+EXPRESSIONS = EMOTIONS + ("neutral",)
 # The five emotion classes of the 4DME micro-expression database.
 MICRO_EXPRESSIONS = ("positive", "negative", "surprise", "repression", "others")
 
@@ -34,7 +36,8 @@ FACS_ACTION_UNITS = {
     44: "squint", 45: "blink", 46: "wink",
 }  # fmt: skip
 # The 12 action units annotated in BP4D-Spontaneous.
-BP4D_ACTION_UNITS = tuple(f"AU{number}" for number in (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24))
+BP4D_AUS = (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)
+BP4D_ACTION_UNITS = tuple(f"AU{number}" for number in BP4D_AUS)
 
 # Words per class; the first one is the canonical adjective ("a person looking happy").
 SYNONYMS = {
@@ -307,6 +310,8 @@ def prompt_corpus() -> list:
 __all__ = [
     "ACTION_UNIT_TEMPLATES",
     "BP4D_ACTION_UNITS",
+    "BP4D_AUS",
+    "EMOTIONS",
     "EXPRESSIONS",
     "EXPRESSION_TEMPLATES",
     "FACS_ACTION_UNITS",

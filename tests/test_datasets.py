@@ -727,3 +727,19 @@ def test_an_image_processors_render_settings_travel_whole_into_the_renders_and_t
     # Frame sampling decides the pixels of sequences only, so it splits only their cache.
     assert builder("sequence_views", window_stride=1).cache_dir != builder("sequence_views").cache_dir
     assert builder("views", window_stride=1).cache_dir == builder("views").cache_dir
+
+
+def test_each_label_vocabulary_has_one_home():
+    from datasets_scripts import bosphorus, bp4d, bu3dfe, bu4dfe, bu_codes, fourdme, synthetic_faces
+    from modeling_facet import FacetVLMConfig, prompts
+
+    assert prompts.EXPRESSIONS == prompts.EMOTIONS + ("neutral",) and common.EMOTIONS is prompts.EMOTIONS
+    assert tuple(FacetVLMConfig().id2label.values()) == prompts.EMOTIONS
+    assert bu3dfe.EXPRESSION_CODES is synthetic_faces.EXPRESSIONS is bu_codes.EXPRESSION_CODES
+    assert bu3dfe.RACE_CODES is bu_codes.RACE_CODES and synthetic_faces.RACES == tuple(bu_codes.RACE_CODES)
+    assert synthetic_faces.BU4DFE_FOLDERS is bu_codes.BU4DFE_FOLDERS
+    assert synthetic_faces.BU4DFE_LANDMARK_DIR is bu4dfe.LANDMARK_RELEASE
+    assert set(bosphorus.EMOTION_CODES.values()) == set(bu4dfe.FOLDER_EXPRESSIONS.values()) == set(prompts.EMOTIONS)
+    assert fourdme.EMOTIONS_4DME is prompts.MICRO_EXPRESSIONS
+    assert prompts.BP4D_ACTION_UNITS == tuple(f"AU{number}" for number in bp4d.BP4D_AUS)
+    assert bp4d.BP4D_AUS is prompts.BP4D_AUS
