@@ -165,13 +165,17 @@ def _canonical(value):
 
 
 def tree_fingerprint(root: str) -> str:
-    """Hash of the relative path, size and modification time of every file under ``root``."""
+    """Hash of the relative path, size and modification time of every file under ``root`` (of the link itself for
+    a dangling symlink: reading it is the reader's business, which names the file or skips it)."""
     digest = hashlib.sha256()
     for folder, subfolders, names in os.walk(root):
         subfolders.sort()
         for name in sorted(names):
             path = os.path.join(folder, name)
-            stat = os.stat(path)
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                stat = os.lstat(path)
             digest.update(f"{os.path.relpath(path, root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 

@@ -186,14 +186,20 @@ def normalize_scan(scan, face_size: float = DEFAULT_FACE_SIZE):
     return vertices, faces
 
 
+MAX_TEXTURE_PIXELS = 64_000_000  # 8000 x 8000; the benchmarks' textures have at most 1.6 M pixels
+
+
 def _load_texture(path) -> Optional[np.ndarray]:
-    """The texture image as (H, W, 3) uint8, or None (logged) when it cannot be read."""
+    """The texture image as (H, W, 3) uint8, or None (logged) when it cannot be read or its header declares more
+    than MAX_TEXTURE_PIXELS (a decompression bomb: checked before decoding)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
+            if image.width * image.height > MAX_TEXTURE_PIXELS:
+                raise ValueError(f"{image.width * image.height:,} pixels, more than {MAX_TEXTURE_PIXELS:,}")
             return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         logger.warning("Texture %s is unreadable (%s); rendering the shaded value instead", path, error)
         return None
 
