@@ -20,6 +20,10 @@ import numpy as np
 
 
 DEFAULT_MAX_POINTS = 5_000_000
+DEFAULT_MAX_FACES = 2 * DEFAULT_MAX_POINTS  # a surface has about two triangles per vertex
+# How many times over the triangles may cover the largest side of the scan's bounding box: about 1.5 for a face, pi
+# for a closed head; every further layer costs the renderer a whole screen of pixels.
+MAX_SURFACE_LAYERS = 50
 TRIMESH_EXTENSIONS = (".obj", ".ply", ".off", ".stl", ".glb")
 SCAN_EXTENSIONS = (".wrl", ".bnt") + TRIMESH_EXTENSIONS
 LANDMARK_EXTENSIONS = (".bnd", ".lm3", ".lm2", ".tbnd")
@@ -154,8 +158,19 @@ def _parsed(parse, text, path: str, what: str) -> np.ndarray:
         raise ScanFormatError(path, f"{what}: a token is not a number ({error})") from error
 
 
-def _check_scan(scan: FaceScan, path: str, max_points: int) -> FaceScan:
-    """Validate shapes, the vertex budget and index ranges of a freshly read scan."""
+def _surface_layers(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Total triangle area over the area of the largest side of the bounding box (0 for a mesh without extent)."""
+    extent = np.sort(np.ptp(vertices, axis=0).astype(np.float64))
+    outline = extent[2] * extent[1]
+    area, chunk = 0.0, 1 << 20  # float64 corners of a million triangles at a time
+    for start in range(0, len(faces), chunk):
+        a, b, c = (vertices[faces[start : start + chunk, k]].astype(np.float64) for k in range(3))
+        area += 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1).sum()
+    return area / outline if outline > 0 else 0.0
+
+
+def _check_scan(scan: FaceScan, path: str, max_points: int, max_faces: int = DEFAULT_MAX_FACES) -> FaceScan:
+    """Validate shapes, the vertex and face budgets, index ranges and the surface's layering of a freshly read scan."""
     vertices, faces = scan.vertices, scan.faces
     if vertices.ndim != 2 or vertices.shape[1] != 3 or len(vertices) == 0:
         raise ScanFormatError(path, "empty mesh: no vertices")
@@ -163,8 +178,14 @@ def _check_scan(scan: FaceScan, path: str, max_points: int) -> FaceScan:
         raise ScanFormatError(path, f"{len(vertices)} vertices is more than max_points={max_points}")
     if faces.ndim != 2 or faces.shape[1] != 3 or len(faces) == 0:
         raise ScanFormatError(path, "empty mesh: no faces")
+    if len(faces) > max_faces:
+        raise ScanFormatError(path, f"{len(faces)} triangles is more than max_faces={max_faces}")
     if faces.min() < 0 or faces.max() >= len(vertices):
         raise ScanFormatError(path, f"vertex index out of range (indices {faces.min()}..{faces.max()}, {len(vertices)} vertices)")
+    layers = _surface_layers(vertices, faces)
+    if layers > MAX_SURFACE_LAYERS:
+        raise ScanFormatError(path, f"the triangles cover the scan's outline {layers:,.0f} times over (more than "
+                              f"{MAX_SURFACE_LAYERS}): not a surface scan, and every layer costs a full rendering")  # fmt: skip
     if scan.uv is not None:
         corners = faces if scan.uv_faces is None else scan.uv_faces
         if corners.min() < 0 or corners.max() >= len(scan.uv):
@@ -175,7 +196,12 @@ def _check_scan(scan: FaceScan, path: str, max_points: int) -> FaceScan:
     return scan
 
 
-def load_scan(path: PathLike, max_points: int = DEFAULT_MAX_POINTS, landmarks: Union[bool, PathLike] = False) -> FaceScan:
+def load_scan(
+    path: PathLike,
+    max_points: int = DEFAULT_MAX_POINTS,
+    landmarks: Union[bool, PathLike] = False,
+    max_faces: int = DEFAULT_MAX_FACES,
+) -> FaceScan:
     """Read a face scan, choosing the reader from the extension (``.wrl``, ``.bnt``, ``.obj``, ``.ply``, ...).
 
     Args:
@@ -183,19 +209,21 @@ def load_scan(path: PathLike, max_points: int = DEFAULT_MAX_POINTS, landmarks: U
         max_points: refuse files that hold (or announce) more vertices than this.
         landmarks: ``True`` attaches the sibling landmark file with the same stem (``.bnd``, ``.lm3`` or ``.tbnd``)
             when there is one; a path attaches that file; ``False`` reads no landmarks.
+        max_faces: refuse files that hold (or announce) more triangles than this.
 
     Raises:
-        ScanFormatError: the file is missing, has an unsupported extension or is malformed.
+        ScanFormatError: the file is missing, has an unsupported extension or is malformed, its texture lies outside
+            its folder, or its triangles cover its outline more than ``MAX_SURFACE_LAYERS`` times over.
     """
     path, ext = _existing_file(path, SCAN_EXTENSIONS)
     with _errors_name(path):
         if ext == ".wrl":
-            scan = _read_wrl(path, max_points)
+            scan = _read_wrl(path, max_points, max_faces)
         elif ext == ".bnt":
             scan = _read_bnt(path, max_points)
         else:
-            scan = _read_with_trimesh(path, ext)
-        scan = _check_scan(scan, path, max_points)
+            scan = _read_with_trimesh(path, ext, max_points, max_faces)
+        scan = _check_scan(scan, path, max_points, max_faces)
     if landmarks is True:
         sibling = find_landmark_file(path)
         if sibling is not None:
@@ -203,6 +231,17 @@ def load_scan(path: PathLike, max_points: int = DEFAULT_MAX_POINTS, landmarks: U
     elif landmarks is not False:
         attach_landmarks(scan, landmarks)
     return scan
+
+
+def _texture_path(path: str, name: str) -> str:
+    """The texture ``name`` that the scan ``path`` refers to, which must lie inside the scan's folder: an uploaded
+    scan must not make the app read (and show) other files of its machine."""
+    folder = os.path.dirname(path)
+    texture = os.path.join(folder, name)
+    root = os.path.abspath(folder)
+    if os.path.commonpath([root, os.path.abspath(texture)]) != root:
+        raise ScanFormatError(path, f"texture {name!r} lies outside the scan's folder {root}; only textures inside it are read")
+    return texture
 
 
 # ------------------------------------------------------------------------------------------------- VRML 2.0
@@ -233,25 +272,41 @@ def _floats(block: str) -> np.ndarray:
     return np.fromstring(block, dtype=np.float64, sep=" ") if block else np.zeros(0)
 
 
+# What np.fromstring would misread in an integer list (a stray "-" as 0), each with how to name it; the regular
+# expressions scan the text without a Python object per number.
+_INT_LIST_PROBLEMS = (
+    (re.compile(r"[^0-9\s,-]", re.ASCII), "a character that is not part of an integer"),
+    (re.compile(r"-(?![0-9])|(?<=[0-9-])-", re.ASCII), "a '-' that does not start a number"),
+    (re.compile(r"[0-9]{19}", re.ASCII), "an integer beyond the int64 range"),
+)
+
+
 def _ints(block: str) -> np.ndarray:
-    """Parse a VRML integer list strictly (np.fromstring would read a stray ``-`` as 0)."""
-    return np.array(block.replace(",", " ").split(), dtype=np.int64)
+    """Parse a VRML integer list (commas are whitespace) strictly, in one vectorised call."""
+    for pattern, problem in _INT_LIST_PROBLEMS:
+        match = pattern.search(block)
+        if match is not None:
+            raise ValueError(f"{problem}: {block[max(0, match.start() - 12) : match.end() + 12]!r}")
+    block = block.replace(",", " ")
+    return np.zeros(0, np.int64) if block.isspace() or not block else np.fromstring(block, dtype=np.int64, sep=" ")
 
 
-def _fan_corners(indices: np.ndarray) -> tuple:
-    """Fan-triangulate a ``-1``-terminated polygon index list.
-
-    Returns the (T, 3) positions in ``indices`` of each triangle corner (so the same positions pick the matching
-    texcoord corners) and the number of polygons.
-    """
+def _polygon_fans(indices: np.ndarray) -> tuple:
+    """``(starts, triangles)`` of a ``-1``-terminated polygon index list: the position in ``indices`` where each
+    polygon starts and the number of triangles its fan has."""
     ends = np.flatnonzero(indices == -1)
     starts = np.concatenate(([0], ends + 1))[:-1]
-    triangles_per_polygon = np.maximum(ends - starts - 2, 0)
+    return starts, np.maximum(ends - starts - 2, 0)
+
+
+def _fan_corners(starts: np.ndarray, triangles_per_polygon: np.ndarray) -> np.ndarray:
+    """The (T, 3) positions in the index list of each fan triangle's corners (so the same positions pick the
+    matching texcoord corners), from :func:`_polygon_fans`."""
     polygon = np.repeat(np.arange(len(starts)), triangles_per_polygon)
     first_triangle = np.cumsum(triangles_per_polygon) - triangles_per_polygon
     step = np.arange(len(polygon)) - first_triangle[polygon] + 1
     start = starts[polygon]
-    return np.stack([start, start + step, start + step + 1], axis=1), len(starts)
+    return np.stack([start, start + step, start + step + 1], axis=1)
 
 
 def _polygon_indices(block: str, what: str, path: str) -> np.ndarray:
@@ -293,7 +348,7 @@ def _wrl_list(field_name: str, part: str, path: str, required: bool) -> Optional
     return part[match.end() : close]
 
 
-def _read_wrl_shape(part: str, path: str, max_points: int) -> FaceScan:
+def _read_wrl_shape(part: str, path: str, max_points: int, max_faces: int) -> FaceScan:
     """Read one IndexedFaceSet (the text from its keyword up to the next one)."""
     points = _parsed(_floats, _wrl_list("coord", part, path, True), path, "coordinates")
     if points.size % 3:
@@ -301,9 +356,12 @@ def _read_wrl_shape(part: str, path: str, max_points: int) -> FaceScan:
     if points.size // 3 > max_points:
         raise ScanFormatError(path, f"{points.size // 3} vertices is more than max_points={max_points}")
     indices = _polygon_indices(_wrl_list("coordIndex", part, path, True), "coordIndex", path)
-    corners, n_polygons = _fan_corners(indices)
+    starts, fans = _polygon_fans(indices)
+    if fans.sum() > max_faces:
+        raise ScanFormatError(path, f"{fans.sum()} triangles is more than max_faces={max_faces}")
+    corners = _fan_corners(starts, fans)
     vertices = _finite_float32(points.reshape(-1, 3), path, "vertex coordinates")
-    scan = FaceScan(vertices, indices[corners], metadata={"polygons": n_polygons})
+    scan = FaceScan(vertices, indices[corners], metadata={"polygons": len(starts)})
     texcoords = _wrl_list("texCoord", part, path, False)
     if texcoords is None:
         return scan
@@ -337,17 +395,17 @@ def _merge_shapes(shapes: list) -> FaceScan:
     return merged
 
 
-def _read_wrl(path: str, max_points: int) -> FaceScan:
+def _read_wrl(path: str, max_points: int, max_faces: int = DEFAULT_MAX_FACES) -> FaceScan:
     """VRML 2.0 ``IndexedFaceSet`` meshes (BU-3DFE ``_F3D.wrl``, BU-4DFE ``NNN.wrl``), polygons fan-triangulated."""
     text = _strip_wrl_comments(_read_text(path))
     parts = _WRL_SHAPE.split(text)
     if len(parts) == 1:
         raise ScanFormatError(path, "no IndexedFaceSet node, so no coordinates")
-    shapes = [_read_wrl_shape(part, path, max_points) for part in parts[1:]]
+    shapes = [_read_wrl_shape(part, path, max_points, max_faces) for part in parts[1:]]
     scan = shapes[0] if len(shapes) == 1 else _merge_shapes(shapes)
     url = _WRL_URL.search(text)
     if url is not None and url.group(1):
-        scan.texture_path = os.path.join(os.path.dirname(path), url.group(1))
+        scan.texture_path = _texture_path(path, url.group(1))
     scan.metadata["format"] = "wrl"
     return scan
 
@@ -422,7 +480,7 @@ def _read_bnt(path: str, max_points: int) -> FaceScan:
         vertices=_finite_float32(np.stack([x[valid], y[valid], z[valid]], axis=1), path, "vertex coordinates"),
         faces=new_index[_grid_triangles(valid)],
         uv=_finite_float32(np.stack([u[valid], v[valid]], axis=1), path, "texture coordinates"),
-        texture_path=os.path.join(os.path.dirname(path), grid["imfile"]) if grid["imfile"] else None,
+        texture_path=_texture_path(path, grid["imfile"]) if grid["imfile"] else None,
         metadata={
             "format": "bnt",
             "nrows": grid["nrows"],
@@ -436,20 +494,50 @@ def _read_bnt(path: str, max_points: int) -> FaceScan:
 # ------------------------------------------------------------------------------------------------- trimesh
 
 
-def _read_with_trimesh(path: str, ext: str) -> FaceScan:
-    """``.obj``, ``.ply``, ``.off``, ``.stl`` and ``.glb`` through trimesh, without merging or reordering vertices."""
+_PLY_ELEMENT = re.compile(rb"^element[ \t]+(\S+)[ \t]+(\d+)\s*$", re.MULTILINE)
+_HEADER_BYTES = 1 << 16
+
+
+def _declared_counts(path: str, ext: str) -> tuple:
+    """``(vertices, faces)`` that a PLY or OFF header declares; ``(None, None)`` for other formats and for headers
+    that cannot be read (trimesh then reports the file)."""
+    with open(path, "rb") as handle:
+        head = handle.read(_HEADER_BYTES)
+    if ext == ".ply" and head.startswith(b"ply") and (end := head.find(b"end_header")) != -1:
+        counts = {match.group(1): int(match.group(2)) for match in _PLY_ELEMENT.finditer(head[:end])}
+        return counts.get(b"vertex"), counts.get(b"face")
+    if ext == ".off":
+        tokens = re.sub(rb"#[^\n]*", b"", head).split()[:3]
+        if len(tokens) == 3 and tokens[0].endswith(b"OFF") and tokens[1].isdigit() and tokens[2].isdigit():
+            return int(tokens[1]), int(tokens[2])
+    return None, None
+
+
+def _read_with_trimesh(path: str, ext: str, max_points: int = DEFAULT_MAX_POINTS, max_faces: int = DEFAULT_MAX_FACES) -> FaceScan:
+    """``.obj``, ``.ply``, ``.off``, ``.stl`` and ``.glb`` through trimesh, without merging or reordering vertices;
+    PLY and OFF files are checked against the counts their headers declare (before and after reading)."""
     import trimesh
 
+    declared_vertices, declared_faces = _declared_counts(path, ext)
+    for declared, limit, what in ((declared_vertices, max_points, "vertices"), (declared_faces, max_faces, "faces")):
+        if declared is not None and declared > limit:
+            name = "max_points" if what == "vertices" else "max_faces"
+            raise ScanFormatError(path, f"the header declares {declared} {what}, more than {name}={limit}")
     mesh = trimesh.load(path, force="mesh", process=False)
     vertices = _finite_float32(mesh.vertices, path, "vertex coordinates")
     scan = FaceScan(vertices, np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3), metadata={"format": ext[1:]})
+    # Polygons become several triangles, so a complete file holds at least the declared number of faces (a file
+    # without faces, such as a point cloud, is reported as an empty mesh instead).
+    for declared, found, what in ((declared_vertices, len(vertices), "vertices"), (declared_faces, len(scan.faces), "faces")):
+        if declared is not None and found < declared and len(scan.faces):
+            raise ScanFormatError(path, f"truncated: the header declares {declared} {what}, the file holds {found}")
     uv = getattr(mesh.visual, "uv", None)
     if uv is not None and len(uv) == len(vertices):
         scan.uv = _finite_float32(uv, path, "texture coordinates")
     image = getattr(getattr(mesh.visual, "material", None), "image", None)
     texture = getattr(image, "info", {}).get("file_path") if image is not None else None
     if texture:
-        scan.texture_path = os.path.join(os.path.dirname(path), texture)
+        scan.texture_path = _texture_path(path, texture)
     return scan
 
 
