@@ -1,20 +1,26 @@
 """Z-buffer rasterization of many orthographic images at once, for the renderer's ``"torch"`` backend.
 
-Two implementations with the same inputs and outputs (:func:`rasterize` picks one):
+Three implementations with the same inputs and outputs (:func:`rasterize` picks one):
 
 - ``"compiled"``: one pass over the triangles and one over the covered pixels, compiled by numba on first use
   (about 3 s, then cached on disk). The fastest on the CPU; it needs numba, which the package installs.
-- ``"vectorized"``: torch operations only, without a Python loop over triangles, so it runs on any device (the
-  choice on a GPU, and on the CPU where numba is missing, as for Hub remote-code users who have not installed it).
+- ``"cuda"``: the same two passes as numba.cuda kernels on a GPU, one thread per triangle (an atomic max of packed
+  (depth, triangle) keys keeps the nearest one per pixel) and one per covered pixel; they share the compiled
+  rasterizer's per-triangle arithmetic. Compiled for the GPU on first use.
+- ``"vectorized"``: torch operations only, without a Python loop over triangles, so it runs on any device (on a
+  GPU where numba.cuda is unavailable, and on the CPU where numba is missing, as for Hub remote-code users).
 
-Both test pixel centres against each triangle with the same barycentric tolerance and keep the nearest triangle per
+All test pixel centres against each triangle with the same barycentric tolerance and keep the nearest triangle per
 pixel; their coverage and interpolated values agree except where a pixel centre lies on an edge shared by two
-triangles (rounding decides which one draws it).
+triangles (rounding decides which one draws it). Under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM=1) the
+``"cuda"`` kernels also run, slowly, on CPU tensors: tests/test_cuda_rasterizer.py checks them that way.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import math
 
 import numpy as np
 import torch
@@ -26,7 +32,9 @@ except ImportError:  # the vectorised rasterizer is used instead
     numba = None
 
 
-RASTERIZERS = ("auto", "compiled", "vectorized")
+logger = logging.getLogger(__name__)
+
+RASTERIZERS = ("auto", "compiled", "vectorized", "cuda")
 # Candidate window sides (pixels) that the vectorised rasterizer rounds triangles' bounding-box widths and heights up to.
 _WINDOW_SIDES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 _MAX_SAMPLES_PER_CHUNK = 1 << 21
@@ -50,15 +58,27 @@ def rasterize(
         face_image: (T,) long index of the image each triangle is drawn into.
         num_images: number of images; size: their side in pixels.
         corner_attributes: (A, 3, T) float values at each triangle's corners, interpolated linearly over it.
-        method: ``"compiled"``, ``"vectorized"`` or ``"auto"`` (compiled on the CPU when numba is installed,
-            vectorised otherwise).
+        method: ``"compiled"``, ``"cuda"``, ``"vectorized"`` or ``"auto"`` (compiled on the CPU when numba is
+            installed, the CUDA kernels on a GPU when numba.cuda works there, vectorised otherwise).
 
     Returns:
         (pixel, face, values): for every covered pixel centre, its index into the flattened
         (num_images, size, size) grid, the nearest triangle there and the (A, F) interpolated attributes, in
-        increasing pixel order (both methods).
+        increasing pixel order (every method).
     """
-    if resolve_method(method, vertices.device) == "vectorized":
+    resolved = resolve_method(method, vertices.device)
+    if resolved == "cuda":
+        try:
+            from .rasterization_cuda import rasterize_cuda
+
+            return rasterize_cuda(vertices, faces, face_image, num_images, size, corner_attributes)
+        except Exception as error:  # numba.cuda without a usable driver or NVVM: only "auto" falls back
+            if method != "auto":
+                raise
+            _CUDA_PROBLEM.append(f"{type(error).__name__}: {error}")
+            logger.warning("The CUDA rasterizer failed (%s); using rasterizer='vectorized'", _CUDA_PROBLEM[0])
+            resolved = "vectorized"
+    if resolved == "vectorized":
         return _rasterize_vectorized(vertices, faces, face_image, num_images, size, corner_attributes)
     arrays = (tensor.contiguous().numpy() for tensor in (vertices, faces, face_image))
     corners = corner_attributes.to(vertices.dtype).contiguous().numpy()
@@ -67,22 +87,61 @@ def rasterize(
 
 
 def resolve_method(method: str, device) -> str:
-    """The rasterizer that ``method`` names on ``device``: ``"compiled"`` or ``"vectorized"``.
+    """The rasterizer that ``method`` names on ``device``: ``"compiled"``, ``"cuda"`` or ``"vectorized"``.
 
     Raises:
-        ValueError: for an unknown method, or ``"compiled"`` on a device other than the CPU.
-        ImportError: for ``"compiled"`` when numba is not installed.
+        ValueError: for an unknown method, ``"compiled"`` on a device other than the CPU, or ``"cuda"`` on a device
+            other than a GPU (the CPU is allowed under numba's CUDA simulator).
+        ImportError: for ``"compiled"`` or ``"cuda"`` when numba (numba.cuda) is not available.
     """
     if method not in RASTERIZERS:
         raise ValueError(f"Unknown rasterizer {method!r}; choose from {RASTERIZERS}")
-    on_cpu = torch.device(device).type == "cpu"
+    kind = torch.device(device).type
     if method == "auto":
-        return "compiled" if on_cpu and numba is not None else "vectorized"
-    if method == "compiled" and not on_cpu:
+        if kind == "cpu":
+            return "compiled" if numba is not None else "vectorized"
+        return "cuda" if kind == "cuda" and cuda_kernels_available() else "vectorized"
+    if method == "compiled" and kind != "cpu":
         raise ValueError(f"The compiled rasterizer runs on the CPU; use rasterizer='vectorized' on {device}")
-    if method == "compiled" and numba is None:
-        raise ImportError("rasterizer='compiled' needs numba (pip install numba); or use rasterizer='vectorized'")
+    if method == "cuda" and not (kind == "cuda" or (kind == "cpu" and _cuda_simulator())):
+        raise ValueError(f"rasterizer='cuda' runs on a CUDA device (or under NUMBA_ENABLE_CUDASIM=1), not on {device}")
+    if method != "vectorized" and numba is None:
+        raise ImportError(f"rasterizer={method!r} needs numba (pip install numba); or use rasterizer='vectorized'")
+    if method == "cuda" and not cuda_kernels_available():
+        raise ImportError(f"rasterizer='cuda' needs a working numba.cuda: {_cuda_problem()}")
     return method
+
+
+_CUDA_PROBLEM = []  # why the CUDA kernels cannot run in this process, once known
+
+
+def _cuda_simulator() -> bool:
+    return numba is not None and bool(numba.config.ENABLE_CUDASIM)
+
+
+def _cuda_problem():
+    """None when numba.cuda can launch kernels here, else why not."""
+    if _CUDA_PROBLEM:
+        return _CUDA_PROBLEM[0]
+    if numba is None:
+        return "numba is not installed"
+    try:
+        from numba import cuda
+
+        if not cuda.is_available():
+            return "numba.cuda finds no CUDA driver or device"
+    except Exception as error:  # an import or driver error: the vectorised rasterizer still runs
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def cuda_kernels_available() -> bool:
+    """Whether ``rasterizer="cuda"`` can run here (a GPU with a driver numba.cuda can use, or its simulator)."""
+    if numba is None:
+        return False
+    if not _CUDA_PROBLEM and (problem := _cuda_problem()) is not None:
+        _CUDA_PROBLEM.append(problem)
+    return not _CUDA_PROBLEM
 
 
 def _compile(function):
@@ -112,6 +171,21 @@ def _weights(first, second, column, row):
 
 
 @_compile
+def _pixel_bounds(corners_x, corners_y, area, size):
+    """The first and last pixel column and row (left, right, top, bottom) of a triangle's bounding box in the image;
+    an empty range (left > right) for a degenerate triangle, one with a non-finite corner or one outside the image."""
+    if not (math.isfinite(area) and abs(area) > 1e-12):
+        return 0, -1, 0, -1
+    # Clamped before rounding, so that far-away corners stay within the integers' range; int() because math.ceil
+    # gives a float on CUDA devices.
+    left = max(int(math.ceil(max(min(corners_x[0], corners_x[1], corners_x[2]), -1.0))), 0)
+    right = min(int(math.floor(min(max(corners_x[0], corners_x[1], corners_x[2]), size))), size - 1)
+    top = max(int(math.ceil(max(min(corners_y[0], corners_y[1], corners_y[2]), -1.0))), 0)
+    bottom = min(int(math.floor(min(max(corners_y[0], corners_y[1], corners_y[2]), size))), size - 1)
+    return left, right, top, bottom
+
+
+@_compile
 def _rasterize_compiled(vertices, faces, face_image, num_images, size, corner_attributes, tolerance):
     """:func:`rasterize` on numpy arrays, in float64: a z-buffer pass over the triangles' bounding boxes, then a pass
     over the pixels that interpolates the attributes of each covered pixel's nearest triangle."""
@@ -123,15 +197,11 @@ def _rasterize_compiled(vertices, faces, face_image, num_images, size, corner_at
     covered = 0
     for triangle in range(faces.shape[0]):
         corners_x, corners_y, area, first, second = _screen_triangle(screen_x, screen_y, faces, triangle)
-        left, right = max(np.ceil(min(corners_x)), 0.0), min(np.floor(max(corners_x)), size - 1.0)
-        top, bottom = max(np.ceil(min(corners_y)), 0.0), min(np.floor(max(corners_y)), size - 1.0)
-        # Also false for a triangle with a non-finite corner.
-        if not (np.isfinite(area) and abs(area) > 1e-12 and left <= right and top <= bottom):
-            continue
+        left, right, top, bottom = _pixel_bounds(corners_x, corners_y, area, size)
         z0, z1, z2 = vertices[faces[triangle, 0], 2], vertices[faces[triangle, 1], 2], vertices[faces[triangle, 2], 2]
         image_start = face_image[triangle] * pixels_per_image
-        for row in range(int(top), int(bottom) + 1):
-            for column in range(int(left), int(right) + 1):
+        for row in range(top, bottom + 1):
+            for column in range(left, right + 1):
                 w0, w1, w2 = _weights(first, second, column, row)
                 if w0 < -tolerance or w1 < -tolerance or w2 < -tolerance:
                     continue

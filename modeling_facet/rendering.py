@@ -22,11 +22,11 @@ Channels (background is 0 in every channel):
   ``texture_path``; otherwise the shaded value replicated to 3 channels (a missing texture file is logged).
 
 Backends: ``"torch"`` (a z-buffer rasterizer batched over views and scans: compiled by numba on the CPU,
-vectorised torch operations on a GPU; see :mod:`.rasterization`) and ``"pyrender"`` (OpenGL through EGL). They
-share the projection and the channel formulas; on the same scan their depth, shaded and normals outputs agree
-within a mean absolute difference below 0.02, and their foreground masks differ only within one pixel of the
-silhouette (at 224 px at least 98% of the union of the masks agrees): OpenGL samples coverage with 4x
-multisampling, the torch rasterizer at pixel centres.
+numba.cuda kernels on a GPU, else vectorised torch operations; see :mod:`.rasterization`) and ``"pyrender"``
+(OpenGL through EGL). They share the projection and the channel formulas; on the same scan their depth, shaded and
+normals outputs agree within a mean absolute difference below 0.02, and their foreground masks differ only within
+one pixel of the silhouette (at 224 px at least 98% of the union of the masks agrees): OpenGL samples coverage with
+4x multisampling, the torch rasterizer at pixel centres.
 """
 
 from __future__ import annotations
@@ -296,7 +296,8 @@ class MultiviewRenderer:
             (OpenGL through EGL; needs libegl1 libegl-mesa0 libgl1-mesa-dri and PYOPENGL_PLATFORM=egl).
         device: torch device of the torch backend (default CPU); the pyrender backend runs on the CPU side only.
         rasterizer: the torch backend's rasterizer (:mod:`.rasterization`): ``"auto"`` (compiled on the CPU when
-            numba is installed, vectorised on a GPU), ``"compiled"`` or ``"vectorized"``.
+            numba is installed, the numba.cuda kernels on a GPU where numba.cuda works, else vectorised),
+            ``"compiled"``, ``"cuda"`` or ``"vectorized"``.
         face_size: robust face radius in the canonical frame, where the image spans [-1, 1].
 
     Both backends agree on the same scan within a mean absolute difference below 0.02 in every channel, and their
