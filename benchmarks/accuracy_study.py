@@ -1,28 +1,26 @@
-"""Accuracy study on the synthetic benchmark: FACET-VLM against two baselines and its own ablations, side by side.
+"""Accuracy study on the synthetic benchmark: FACET-VLM against baselines and its own ablations, side by side.
 
-Every row is trained and tested on the SAME subject-independent folds (the demo recipe's protocol and seed, so the
-folds depend only on the subject count and fold count), and reported as the mean and standard deviation (ddof=0)
-across folds with the per-fold values. The recipe (preset, learning rate, batch size, epochs, intensities) is
-`training.demo.demo_config`'s, read at run time; only the subject count, the epochs and the folds are flags.
+Every row is trained and tested on the SAME subject-independent folds (the demo recipe's protocol and data seed, so
+the folds depend only on the subject count and fold count) and, for each fold, with the SAME model seeds: the model
+seed (initialisation, data order, augmentation) is separate from the data seed (folds, synthetic people), so a
+difference between two rows is measured on pairs that share the fold and the seed. Training is budgeted in steps,
+not epochs, so that rows with more or fewer examples get the same number of updates. For every row the study reports
+the test and train metric over the (fold, seed) runs, and the paired difference to the full model with a 95 % t
+interval over those pairs: a part whose interval does not exclude zero has "no measurable effect".
 
 Rows: FACET-VLM with every part; without CVSA (mean of the views); without MTGF; without L_cons; without L_gf; a
-single frontal view; 5 views (yaw 0, +-20, +-40); with the mixed view augmentation that the recipe leaves off; the
-baselines of benchmarks/baselines.py (frontal depth map + logistic regression, MVCNN); 4D (BU-4DFE-layout synthetic
-sequences cut into sliding windows); action units (multi-label, mean F1); and zero-shot labels: trained with the
-synonyms in `ZERO_SHOT_WORDS` kept out of the augmented prompts, then tested with those synonyms as the class names.
+single frontal view; 5 views (yaw 0, +-20, +-40); with mixed view augmentation; the baselines of
+benchmarks/baselines.py (frontal depth map + logistic regression, a depth-map CNN, MVCNN); 4D (BU-4DFE-layout
+synthetic sequences); action units (multi-label, mean F1); and zero-shot labels: trained with the synonyms in
+`ZERO_SHOT_WORDS` kept out of the augmented prompts, then tested with those synonyms as the class names.
 
-    python -m benchmarks.accuracy_study --quick        # CI-sized: 6 subjects, 2 folds, 1 epoch, every row
-    python -m benchmarks.accuracy_study                # 20 subjects, 5 folds, the recipe's epochs
-    python -m benchmarks.accuracy_study --subjects 100 --folds 5 --epochs 12
+    python -m benchmarks.accuracy_study --quick        # CI-sized: 6 subjects, 2 folds, 1 seed, 4 steps, every row
+    python -m benchmarks.accuracy_study --subjects 60 --folds 10 --run-folds 2 --seeds 3 --steps 300 \
+        --rows facet_vlm,no_cvsa,no_mtgf,depth_cnn --workers 2
 
-Time on the 2-core AMD EPYC development machine, which is shared: --quick took 110 s when the machine was otherwise
-idle and 500 s at a load average of 8. A training step of the small preset processes about 70 samples/s when idle
-(benchmarks/bench_training.py; 12-25 under load), and one fold costs about 11 "3-view trainings" of
-subjects * 0.8 * 24 samples x epochs (1 view ~0.3, 5 views ~1.7, 4D ~2, the baselines ~0.3, the other rows 1 each)
-plus rendering (about 1 minute per fold for 20 subjects). So the default full mode (20 subjects, 5 folds, 12 epochs)
-takes about 70 minutes when the machine is idle and 2-3 hours under load; 100 subjects about 6 hours when idle.
-Measured: `--subjects 25 --folds 5 --workers 3` took 85 minutes (5,086 s), other jobs sharing the machine for part
-of it; the 4D row with sliding windows has about 2.3 times the examples of whole sequences.
+The full study is long on a 2-core CPU: a run of the small preset processes about 60 samples/s when the machine is
+idle (benchmarks/bench_training.py), so 300 steps of 32 take about 3 minutes, and every row costs that for each fold
+and seed (the baselines a fraction of it) plus rendering (about half a minute per fold at 60 subjects).
 """
 
 from __future__ import annotations
@@ -35,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `facet-vlm` does; read
 import argparse  # noqa: E402
 import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
+import math  # noqa: E402
 import multiprocessing  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -52,8 +51,9 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ZERO_SHOT_WORDS = {"happiness": "joyful", "surprise": "astonished", "anger": "furious", "disgust": "disgusted",
                    "fear": "scared", "sadness": "unhappy"}  # fmt: skip
 FIVE_VIEWS = [[0.0, 0.0], [20.0, 0.0], [-20.0, 0.0], [40.0, 0.0], [-40.0, 0.0]]
-QUICK = {"subjects": 6, "folds": 2, "epochs": 1}
-FULL = {"subjects": 20, "folds": 5, "epochs": None}  # epochs None: the demo recipe's
+QUICK = {"subjects": 6, "folds": 2, "run_folds": 2, "seeds": 1, "steps": 4}
+FULL = {"subjects": 60, "folds": 10, "run_folds": 10, "seeds": 3, "steps": 300}  # BU-3DFE's size and protocol
+REFERENCE_ROW = "facet_vlm"
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class StudyRow:
 
     name: str
     description: str
-    kind: str = "facet"  # "facet" | "zero_shot" | "depth_logreg" | "mvcnn"
+    kind: str = "facet"  # "facet" | "zero_shot" | "depth_logreg" | "depth_cnn" | "mvcnn"
     dataset: str = "synthetic"
     overrides: dict = field(default_factory=dict)
     metric: str = "accuracy"
@@ -80,21 +80,22 @@ ROWS = (
     StudyRow("view_augmentation", "with mixed view augmentation (off in the recipe)",
              training_overrides={"augment_views": True}),
     StudyRow("depth_logreg", "baseline: frontal depth map + logistic regression", kind="depth_logreg"),
+    StudyRow("depth_cnn", "baseline: CNN on one 64x64 frontal depth map", kind="depth_cnn"),
     StudyRow("mvcnn", "baseline: MVCNN (shared CNN per view, mean of view logits)", kind="mvcnn"),
-    StudyRow("facet_vlm_4d", "FACET-VLM 4D: synthetic BU-4DFE-layout sequences, sliding windows (12 frames, stride 6)",
-             dataset="synthetic4d", training_overrides={"window_length": 12, "window_stride": 6}),
+    StudyRow("facet_vlm_4d", "FACET-VLM 4D: synthetic BU-4DFE-layout sequences, whole sequences",
+             dataset="synthetic4d"),
     StudyRow("facet_vlm_aus", "FACET-VLM action units (multi-label), mean F1", dataset="synthetic_aus",
              metric="mean_f1"),
     StudyRow("zero_shot", "zero-shot class names: synonyms never used in training prompts", kind="zero_shot"),
 )  # fmt: skip
 
 
-def study_config(subjects: int, folds: int, epochs: int | None, workdir):
-    """The demo recipe (`training.demo.demo_config`) with the study's subject count, folds and epochs."""
+def study_config(subjects: int, folds: int, steps: int, workdir):
+    """The demo recipe (`training.demo.demo_config`) with the study's subject count, folds and step budget."""
     from training.demo import demo_config
 
-    recipe = demo_config(Path(workdir) / "runs", num_subjects=subjects, epochs=epochs)
-    return dataclasses.replace(recipe, num_folds=folds, cv=False)
+    recipe = demo_config(Path(workdir) / "runs", num_subjects=subjects)
+    return dataclasses.replace(recipe, num_folds=folds, cv=False, max_steps=steps)
 
 
 def write_trees(cfg, workdir) -> dict:
@@ -106,20 +107,20 @@ def write_trees(cfg, workdir) -> dict:
     workers = min(2, os.cpu_count() or 1)
     for layout, writer in (("bu3dfe", write_bu3dfe_tree), ("bu4dfe", write_bu4dfe_tree)):
         if not roots[layout].is_dir():
-            writer(roots[layout], cfg.synthetic_subjects, SyntheticConfig(seed=cfg.seed), num_workers=workers,
+            writer(roots[layout], cfg.synthetic_subjects, SyntheticConfig(seed=cfg.data_seed), num_workers=workers,
                    progress=False)  # fmt: skip
     return roots
 
 
-def row_config(row: StudyRow, cfg, fold: int, roots: dict, workdir):
-    """The training settings of `row` on `fold`: same recipe, folds and data for every row."""
+def row_config(row: StudyRow, cfg, fold: int, seed: int, roots: dict, workdir):
+    """The training settings of `row` on `fold` with model seed `seed`: same recipe, folds and data for every row."""
     sequences = row.dataset == "synthetic4d"
     return dataclasses.replace(
-        cfg, dataset=row.dataset, fold=fold, data_dir=str(roots["bu4dfe" if sequences else "bu3dfe"]),
+        cfg, dataset=row.dataset, fold=fold, seed=seed, data_dir=str(roots["bu4dfe" if sequences else "bu3dfe"]),
         model_overrides=dict(row.overrides), exclude_words=list(ZERO_SHOT_WORDS.values()) if row.kind == "zero_shot" else [],
         train_intensities=None if sequences else cfg.train_intensities,
         test_intensities=None if sequences else cfg.test_intensities,
-        output=str(Path(workdir) / "runs" / f"fold-{fold}" / row.name),
+        output=str(Path(workdir) / "runs" / f"fold-{fold}" / f"seed-{seed}" / row.name),
         cache_dir=str(Path(workdir) / "cache" / f"fold-{fold}"), **row.training_overrides,
     )  # fmt: skip
 
@@ -156,20 +157,29 @@ def _zero_shot(cfg, trained: dict) -> dict:
 
 
 def run_row(row: StudyRow, cfg) -> dict:
-    """Train and test `row` with `cfg` (see [`row_config`]); the metrics of its test split."""
-    from benchmarks.baselines import depth_logistic_regression, train_mvcnn
+    """Train and test `row` with `cfg` (see [`row_config`]); the metrics of its test split, with the training split's
+    as `train_metrics`. The baselines train for the epochs that match the step budget."""
+    from benchmarks.baselines import depth_logistic_regression, train_depth_cnn, train_mvcnn
     from training.train import train
 
     if row.kind in ("facet", "zero_shot"):
         metrics = train(cfg)
         return _zero_shot(cfg, metrics) if row.kind == "zero_shot" else metrics
     config, splits = _splits(cfg)
+    train_split, test_split = splits["train"], splits["test"]
+    epochs = max(1, math.ceil(cfg.max_steps * cfg.batch_size / len(train_split)))
     if row.kind == "depth_logreg":
-        return depth_logistic_regression(splits["train"], splits["test"], config.views, config.channels)
-    if row.kind == "mvcnn":
-        return train_mvcnn(splits["train"], splits["test"], epochs=cfg.epochs, batch_size=cfg.batch_size,
-                           learning_rate=cfg.learning_rate, seed=cfg.seed)  # fmt: skip
-    raise ValueError(f"Unknown study row kind {row.kind!r}.")
+        metrics = depth_logistic_regression(train_split, test_split, config.views, config.channels)
+    elif row.kind == "depth_cnn":
+        metrics = train_depth_cnn(train_split, test_split, config.views, config.channels, epochs=epochs,
+                                  batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed)  # fmt: skip
+    elif row.kind == "mvcnn":
+        metrics = train_mvcnn(train_split, test_split, epochs=epochs, batch_size=cfg.batch_size,
+                              learning_rate=cfg.learning_rate, seed=cfg.seed)  # fmt: skip
+    else:
+        raise ValueError(f"Unknown study row kind {row.kind!r}.")
+    metrics["train_metrics"] = {"accuracy": metrics.pop("train_accuracy")}
+    return metrics
 
 
 def fold_test_subjects(cfg, roots: dict) -> dict:
@@ -182,7 +192,7 @@ def fold_test_subjects(cfg, roots: dict) -> dict:
     datasets.disable_progress_bars()
     for config_name, root in (("scans", roots["bu3dfe"]), ("sequences", roots["bu4dfe"])):
         builder = SyntheticFaces(config_name=config_name, data_dir=str(root), cache_dir=cfg.cache_dir,
-                                 protocol=cfg.protocol, fold=cfg.fold, num_folds=cfg.num_folds, seed=cfg.seed)  # fmt: skip
+                                 protocol=cfg.protocol, fold=cfg.fold, num_folds=cfg.num_folds, seed=cfg.data_seed)  # fmt: skip
         builder.download_and_prepare()
         subjects[config_name] = sorted(set(builder.as_dataset()["test"]["subject"]))
     datasets.enable_progress_bars()
@@ -194,19 +204,44 @@ def _same_people(a: list, b: list) -> bool:
     return {(s[0], int(s[1:])) for s in a} == {(s[0], int(s[1:])) for s in b}
 
 
-def summarise(row: StudyRow, folds: list) -> dict:
-    """Mean, std (ddof=0) and per-fold values of `row`'s metric over the folds run so far."""
-    values = [fold["value"] for fold in folds]
-    return {
+def paired_difference(records: list, reference: list) -> dict:
+    """Mean difference of `records` minus `reference` over the (fold, seed) runs both have, with a 95 % t interval
+    over those pairs, and the verdict: "gain" or "loss" where the interval excludes zero, else "no measurable
+    effect"."""
+    from scipy import stats
+
+    by_run = {(r["fold"], r["seed"]): r["value"] for r in reference}
+    differences = [r["value"] - by_run[(r["fold"], r["seed"])] for r in records if (r["fold"], r["seed"]) in by_run]
+    result = {"pairs": len(differences), "mean": float(np.mean(differences)) if differences else None,
+              "ci95": None, "verdict": "too few pairs"}  # fmt: skip
+    if len(differences) >= 2:
+        half = stats.t.ppf(0.975, len(differences) - 1) * np.std(differences, ddof=1) / math.sqrt(len(differences))
+        low, high = result["mean"] - half, result["mean"] + half
+        result["ci95"] = [float(low), float(high)]
+        result["verdict"] = "gain" if low > 0 else "loss" if high < 0 else "no measurable effect"
+    return result
+
+
+def summarise(row: StudyRow, records: list, reference: list | None = None) -> dict:
+    """Mean, std (ddof=0) and per-run values of `row`'s test metric over the (fold, seed) runs so far, the mean train
+    metric, and (with the reference row's records) the paired difference to the full model."""
+    values = [record["value"] for record in records]
+    train_values = [record["train_value"] for record in records if record.get("train_value") is not None]
+    summary = {
         "name": row.name, "description": row.description, "kind": row.kind, "dataset": row.dataset,
         "metric": row.metric, "model_overrides": dict(row.overrides), "training_overrides": dict(row.training_overrides),
         "mean": float(np.mean(values)) if values else None, "std": float(np.std(values)) if values else None,
-        "per_fold": values, "folds": folds, "wall_seconds": round(sum(fold["seconds"] for fold in folds), 1),
+        "train_mean": float(np.mean(train_values)) if train_values else None,
+        "per_run": values, "runs": records, "wall_seconds": round(sum(record["seconds"] for record in records), 1),
     }  # fmt: skip
+    if reference is not None and row.name != REFERENCE_ROW and row.metric == "accuracy" and row.dataset == "synthetic":
+        summary["paired_difference"] = paired_difference(records, reference)
+    return summary
 
 
-def _fold_record(fold: int, metrics: dict, row: StudyRow, seconds: float) -> dict:
-    record = {"fold": fold, "value": float(metrics[row.metric]), "seconds": round(seconds, 1),
+def _run_record(fold: int, seed: int, metrics: dict, row: StudyRow, seconds: float) -> dict:
+    record = {"fold": fold, "seed": seed, "value": float(metrics[row.metric]),
+              "train_value": metrics.get("train_metrics", {}).get(row.metric), "seconds": round(seconds, 1),
               "test_samples": metrics.get("num_samples")}  # fmt: skip
     for key in ("macro_f1", "train_samples", "chosen_C", "accuracy_with_training_label_names",
                 "words_in_training_class_prompts"):  # fmt: skip
@@ -226,35 +261,38 @@ def select_rows(names=None) -> tuple:
     return tuple(row for row in ROWS if row.name in wanted)
 
 
-def run_fold(fold: int, cfg, roots: dict, workdir, keep_work: bool = False, threads: int | None = None,
+def run_fold(fold: int, cfg, roots: dict, workdir, seeds: int, keep_work: bool = False, threads: int | None = None,
              rows=ROWS) -> dict:  # fmt: skip
-    """`rows` on `fold`: its test subjects and one record per row (run in a worker process when `--workers` > 1,
-    where `threads` caps torch's intra-op threads so that the workers share the cores instead of competing)."""
+    """`rows` on `fold` with model seeds 0 .. `seeds` - 1: its test subjects and one record per row and seed (run in a
+    worker process when `--workers` > 1, where `threads` caps torch's intra-op threads so that the workers share
+    the cores instead of competing)."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    subjects_of_fold = fold_test_subjects(row_config(ROWS[0], cfg, fold, roots, workdir), roots)
+    subjects_of_fold = fold_test_subjects(row_config(ROWS[0], cfg, fold, 0, roots, workdir), roots)
     subjects_of_fold["same_people"] = _same_people(subjects_of_fold["scans"], subjects_of_fold["sequences"])
-    records = {}
-    for row in rows:
-        start = time.perf_counter()
-        run_cfg = row_config(row, cfg, fold, roots, workdir)
-        metrics = run_row(row, run_cfg)
-        records[row.name] = _fold_record(fold, metrics, row, time.perf_counter() - start)
-        if not keep_work:
-            shutil.rmtree(run_cfg.output, ignore_errors=True)
-        print(f"[fold {fold}] {row.name}: {row.metric} {records[row.name]['value']:.4f} "
-              f"({records[row.name]['seconds']:.0f} s)", flush=True)  # fmt: skip
+    records = {row.name: [] for row in rows}
+    for seed in range(seeds):
+        for row in rows:
+            start = time.perf_counter()
+            run_cfg = row_config(row, cfg, fold, seed, roots, workdir)
+            record = _run_record(fold, seed, run_row(row, run_cfg), row, time.perf_counter() - start)
+            records[row.name].append(record)
+            if not keep_work:
+                shutil.rmtree(run_cfg.output, ignore_errors=True)
+            print(f"[fold {fold} seed {seed}] {row.name}: {row.metric} {record['value']:.4f} "
+                  f"(train {record['train_value']}) ({record['seconds']:.0f} s)", flush=True)  # fmt: skip
     if not keep_work:
         shutil.rmtree(Path(workdir) / "cache" / f"fold-{fold}", ignore_errors=True)
     return {"fold": fold, "test_subjects": subjects_of_fold, "records": records}
 
 
-def run(quick: bool = False, subjects: int | None = None, folds: int | None = None, epochs: int | None = None,
-        output=None, work_dir=None, keep_work: bool = False, workers: int = 1, rows=None) -> dict:  # fmt: skip
-    """Run every row (or the `rows` named) on every fold, rewriting `output` (JSON) after each fold; returns the final
-    results.
+def run(quick: bool = False, subjects: int | None = None, folds: int | None = None, run_folds: int | None = None,
+        seeds: int | None = None, steps: int | None = None, output=None, work_dir=None, keep_work: bool = False,
+        workers: int = 1, rows=None) -> dict:  # fmt: skip
+    """Run every row (or the `rows` named) on the first `run_folds` folds with `seeds` model seeds each, rewriting
+    `output` (JSON) after each fold; returns the final results.
 
     With `workers` > 1 the folds run in that many processes, each with an equal share of the cores for torch: on
     the 2-core machine two single-threaded trainings process about 1.5x the samples per second of one two-threaded
@@ -262,22 +300,25 @@ def run(quick: bool = False, subjects: int | None = None, folds: int | None = No
     """
     rows = select_rows(rows)
     defaults = QUICK if quick else FULL
-    subjects, folds = subjects or defaults["subjects"], folds or defaults["folds"]
-    epochs = epochs or defaults["epochs"]
+    subjects, folds, seeds = subjects or defaults["subjects"], folds or defaults["folds"], seeds or defaults["seeds"]
+    run_folds, steps = min(run_folds or defaults["run_folds"], folds), steps or defaults["steps"]
     output = Path(output or RESULTS_DIR / "accuracy_study.json")
     workdir = Path(work_dir or tempfile.mkdtemp(prefix="facet-accuracy-study-"))
     started = time.perf_counter()
-    cfg = study_config(subjects, folds, epochs, workdir)
+    cfg = study_config(subjects, folds, steps, workdir)
     results = {
         "benchmark": "accuracy_study",
         "quick": quick,
         "complete": False,
         "settings": {
-            "subjects": subjects, "folds": folds, "epochs": cfg.epochs, "preset": cfg.preset,
-            "protocol": cfg.protocol, "learning_rate": cfg.learning_rate, "batch_size": cfg.batch_size,
-            "test_intensities": cfg.test_intensities, "train_intensities": cfg.train_intensities, "seed": cfg.seed,
-            "recipe": "training.demo.demo_config (subjects, epochs and folds replaced)",
-            "zero_shot_words": ZERO_SHOT_WORDS, "std": "population (ddof=0) across folds", "workers": workers,
+            "subjects": subjects, "folds": folds, "folds_run": run_folds, "seeds": seeds, "steps": steps,
+            "preset": cfg.preset, "protocol": cfg.protocol, "learning_rate": cfg.learning_rate,
+            "batch_size": cfg.batch_size, "test_intensities": cfg.test_intensities,
+            "train_intensities": cfg.train_intensities, "data_seed": cfg.data_seed,
+            "recipe": "training.demo.demo_config (subjects, folds and the step budget replaced)",
+            "zero_shot_words": ZERO_SHOT_WORDS, "std": "population (ddof=0) across runs",
+            "paired_difference": f"row minus {REFERENCE_ROW} on the same (fold, seed), 95 % t interval",
+            "workers": workers,
         },  # fmt: skip
         "load_average_before": load_average(),
         "fold_test_subjects": [],
@@ -290,18 +331,21 @@ def run(quick: bool = False, subjects: int | None = None, folds: int | None = No
         done.append(fold_result)
         done.sort(key=lambda result: result["fold"])
         results["fold_test_subjects"] = [{"fold": result["fold"], **result["test_subjects"]} for result in done]
-        results["rows"] = [summarise(row, [result["records"][row.name] for result in done]) for row in rows]
+        runs = {row.name: [record for result in done for record in result["records"][row.name]] for row in rows}
+        reference = runs.get(REFERENCE_ROW)
+        results["rows"] = [summarise(row, runs[row.name], reference) for row in rows]
         results["wall_seconds"] = round(time.perf_counter() - started, 1)
         write_json(results, output, echo=False)
 
     if workers <= 1:
-        for fold in range(folds):
-            record(run_fold(fold, cfg, roots, workdir, keep_work, rows=rows))
+        for fold in range(run_folds):
+            record(run_fold(fold, cfg, roots, workdir, seeds, keep_work, rows=rows))
     else:
         threads = max(1, (os.cpu_count() or 1) // workers)
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            jobs = [pool.submit(run_fold, fold, cfg, roots, workdir, keep_work, threads, rows) for fold in range(folds)]
+            jobs = [pool.submit(run_fold, fold, cfg, roots, workdir, seeds, keep_work, threads, rows)
+                    for fold in range(run_folds)]  # fmt: skip
             for job in concurrent.futures.as_completed(jobs):
                 record(job.result())
     results["complete"] = True
@@ -315,11 +359,12 @@ def run(quick: bool = False, subjects: int | None = None, folds: int | None = No
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help=f"CI-sized: {QUICK['subjects']} subjects, {QUICK['folds']} folds, 1 epoch, every row")
-    parser.add_argument("--subjects", type=int, help=f"synthetic subjects (default {FULL['subjects']}, quick 6)")
-    parser.add_argument("--folds", type=int, help=f"subject-independent folds (default {FULL['folds']}, quick 2)")
-    parser.add_argument("--epochs", type=int, help="training epochs (default: the demo recipe's; quick 1)")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: 6 subjects, 2 folds, 1 seed, 4 steps")
+    parser.add_argument("--subjects", type=int, help=f"synthetic subjects (default {FULL['subjects']})")
+    parser.add_argument("--folds", type=int, help=f"subject-independent folds of the protocol (default {FULL['folds']})")
+    parser.add_argument("--run-folds", type=int, help="run the first N folds (default: all)")
+    parser.add_argument("--seeds", type=int, help=f"model seeds per fold (default {FULL['seeds']})")
+    parser.add_argument("--steps", type=int, help=f"training steps per run (default {FULL['steps']})")
     parser.add_argument("--output", default=str(RESULTS_DIR / "accuracy_study.json"), help="JSON file to write")
     parser.add_argument("--work-dir", help="folder for the data, caches and runs (default: a temporary folder)")
     parser.add_argument("--keep-work", action="store_true", help="keep the trained models and rendered caches")
@@ -328,7 +373,11 @@ def main(argv=None) -> dict:
     arguments = parser.parse_args(argv)
     results = run(**vars(arguments))
     for row in results["rows"]:
-        print(f"{row['name']:>14}  {row['metric']:>8}  {row['mean']:.4f} +- {row['std']:.4f}  {row['per_fold']}")
+        paired = row.get("paired_difference")
+        difference = (f"  paired {paired['mean']:+.4f} {paired['ci95']} {paired['verdict']}"
+                      if paired and paired["mean"] is not None else "")  # fmt: skip
+        print(f"{row['name']:>17}  {row['metric']:>8}  {row['mean']:.4f} +- {row['std']:.4f}  train {row['train_mean']}"
+              + difference)
     print(f"Wrote {arguments.output} ({results['wall_seconds']:.0f} s)")
     return results
 

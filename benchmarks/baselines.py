@@ -86,6 +86,7 @@ def depth_logistic_regression(train, test, views, channels, pool: int = 2, cs=LO
     metrics = compute_metrics(search.predict(x_test), test.labels.numpy(), train.label_names)
     metrics.update(
         chosen_C=float(search.best_params_["logisticregression__C"]), features=int(x_train.shape[1]), pool=pool,
+        train_accuracy=float(search.score(x_train, train.labels.numpy())),
         train_samples=len(train), test_samples=len(test), train_seconds=time.perf_counter() - start,
     )  # fmt: skip
     return metrics

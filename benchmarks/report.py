@@ -164,27 +164,36 @@ def speed_markdown(results: dict) -> list:
 
 
 def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
-    """Lines of the accuracy table: mean +- std over the folds and the per-fold values of every row."""
+    """Lines of the accuracy table: per row the test metric (mean +- std over the (fold, seed) runs), the train
+    metric, and the paired difference to the full model with its 95 % interval and verdict."""
     s = study["settings"]
-    state = "" if study.get("complete") else " **(incomplete: still running or stopped; folds so far)**"
+    state = "" if study.get("complete") else " **(incomplete: still running or stopped; runs so far)**"
     lines = [
         f"### Accuracy study (synthetic benchmark, subject-independent folds): `{source}`" + state, "",
-        f"{s['subjects']} synthetic subjects, {s['folds']} folds (the same folds for every row), {s['preset']} preset, "
-        f"{s['epochs']} epoch(s), batch {s['batch_size']}, learning rate {s['learning_rate']}, test intensities "
+        f"{s['subjects']} synthetic subjects, folds 0-{s['folds_run'] - 1} of {s['folds']} (the same folds for every "
+        f"row), {s['seeds']} model seed(s) per fold (the data seed fixed), {s['steps']} steps of batch "
+        f"{s['batch_size']}, {s['preset']} preset, learning rate {s['learning_rate']}, test intensities "
         f"{s['test_intensities']} (static rows); recipe: {s['recipe']}"
         + ("; **quick mode: a CI-sized check, not a result**" if study.get("quick") else "") + ". "
+        f"Paired difference: {s['paired_difference']}. "
         f"Wall time {_number(study.get('wall_seconds'))} s. Command: `{_environment(study).get('command', '-')}`",
         "",
-        "| row | metric | mean | std | per fold | seconds |",
-        "|---|---|---|---|---|---|",
+        "| row | metric | test mean | std | train mean | paired difference to the full model [95 % CI] | runs | seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in study["rows"]:
-        folds = ", ".join(f"{value:.3f}" for value in row["per_fold"])
+        paired = row.get("paired_difference")
+        difference = "-"
+        if paired and paired["mean"] is not None:
+            interval = (f" [{paired['ci95'][0] * 100:+.1f}, {paired['ci95'][1] * 100:+.1f}]"
+                        if paired["ci95"] else "")  # fmt: skip
+            difference = f"{paired['mean'] * 100:+.1f} points{interval}: {paired['verdict']}"
         lines.append(f"| {row['description']} | {row['metric']} | {_number(row['mean'], 3)} | {_number(row['std'], 3)} "
-                     f"| {folds} | {_number(row['wall_seconds'], 0)} |")  # fmt: skip
-    zero_shot = next((row for row in study["rows"] if row["kind"] == "zero_shot" and row["folds"]), None)
+                     f"| {_number(row['train_mean'], 3)} | {difference} | {len(row['per_run'])} "
+                     f"| {_number(row['wall_seconds'], 0)} |")  # fmt: skip
+    zero_shot = next((row for row in study["rows"] if row["kind"] == "zero_shot" and row["runs"]), None)
     if zero_shot:
-        seen = sorted({word for fold in zero_shot["folds"] for word in fold.get("words_in_training_class_prompts", [])})
+        seen = sorted({word for run in zero_shot["runs"] for word in run.get("words_in_training_class_prompts", [])})
         lines += ["", f"Zero-shot class names: {', '.join(s['zero_shot_words'].values())}."
                   + (f" Of these, {', '.join(seen)} appeared in the training class prompts (it was its class's "
                      "canonical prompt word), so it was not unseen." if seen

@@ -97,7 +97,7 @@ def test_study_rows_cover_every_required_comparison():
     five = next(o["views"] for o in overrides if len(o.get("views", [])) == 5)
     assert sorted(yaw for yaw, _ in five) == [-40.0, -20.0, 0.0, 20.0, 40.0]
     assert rows["facet_vlm"].overrides == {} and rows["facet_vlm"].kind == "facet"
-    assert {row.kind for row in rows.values()} == {"facet", "zero_shot", "depth_logreg", "mvcnn"}
+    assert {row.kind for row in rows.values()} == {"facet", "zero_shot", "depth_logreg", "depth_cnn", "mvcnn"}
     assert {(row.dataset, row.metric) for row in rows.values() if row.dataset != "synthetic"} == {
         ("synthetic4d", "accuracy"), ("synthetic_aus", "mean_f1")}
     assert set(accuracy_study.ZERO_SHOT_WORDS) == set(LABELS)
@@ -105,13 +105,13 @@ def test_study_rows_cover_every_required_comparison():
         FacetVLMConfig.from_preset("tiny", **override)
 
 
-def test_every_row_runs_on_the_same_folds_and_recipe(tmp_path):
-    cfg = accuracy_study.study_config(subjects=10, folds=5, epochs=1, workdir=tmp_path)
+def test_every_row_runs_on_the_same_folds_seed_and_recipe(tmp_path):
+    cfg = accuracy_study.study_config(subjects=10, folds=5, steps=7, workdir=tmp_path)
     roots = {"bu3dfe": tmp_path / "a", "bu4dfe": tmp_path / "b"}
-    configs = [accuracy_study.row_config(row, cfg, 3, roots, tmp_path) for row in accuracy_study.ROWS]
-    shared = {(c.fold, c.num_folds, c.seed, c.protocol, c.synthetic_subjects, c.epochs, c.learning_rate,
-               c.batch_size, c.preset) for c in configs}  # fmt: skip
-    assert shared == {(3, 5, cfg.seed, cfg.protocol, 10, 1, cfg.learning_rate, cfg.batch_size, cfg.preset)}
+    configs = [accuracy_study.row_config(row, cfg, 3, 1, roots, tmp_path) for row in accuracy_study.ROWS]
+    shared = {(c.fold, c.num_folds, c.seed, c.data_seed, c.protocol, c.synthetic_subjects, c.max_steps,
+               c.learning_rate, c.batch_size, c.preset) for c in configs}  # fmt: skip
+    assert shared == {(3, 5, 1, cfg.data_seed, cfg.protocol, 10, 7, cfg.learning_rate, cfg.batch_size, cfg.preset)}
     assert len({c.output for c in configs}) == len(configs)
     zero_shot = next(c for row, c in zip(accuracy_study.ROWS, configs) if row.kind == "zero_shot")
     assert sorted(zero_shot.exclude_words) == sorted(accuracy_study.ZERO_SHOT_WORDS.values())
@@ -119,12 +119,27 @@ def test_every_row_runs_on_the_same_folds_and_recipe(tmp_path):
     assert augment_views.pop("view_augmentation") is True and set(augment_views.values()) == {cfg.augment_views}
 
 
-def test_summarise_gives_mean_std_and_per_fold_values():
-    row = accuracy_study.ROWS[0]
-    summary = accuracy_study.summarise(row, [{"fold": 0, "value": 0.5, "seconds": 2.0},
-                                             {"fold": 1, "value": 0.7, "seconds": 3.0}])  # fmt: skip
-    assert summary["per_fold"] == [0.5, 0.7] and summary["wall_seconds"] == 5.0
-    assert summary["mean"] == pytest.approx(0.6) and summary["std"] == pytest.approx(0.1)
+def _runs(values, seconds=1.0):
+    return [{"fold": i // 3, "seed": i % 3, "value": v, "train_value": 1.0, "seconds": seconds}
+            for i, v in enumerate(values)]  # fmt: skip
+
+
+def test_summarise_gives_mean_std_train_and_the_paired_difference():
+    full, ablation = accuracy_study.ROWS[0], next(row for row in accuracy_study.ROWS if row.name == "no_mtgf")
+    reference = _runs([0.8, 0.7, 0.9, 0.6, 0.8, 0.7])
+    summary = accuracy_study.summarise(full, reference, reference)
+    assert summary["per_run"] == [0.8, 0.7, 0.9, 0.6, 0.8, 0.7] and summary["wall_seconds"] == 6.0
+    assert summary["mean"] == pytest.approx(0.75) and summary["train_mean"] == 1.0
+    assert "paired_difference" not in summary
+    # Always 5 points lower on the same (fold, seed): a loss, however much the folds vary.
+    lower = accuracy_study.summarise(ablation, _runs([0.75, 0.66, 0.85, 0.55, 0.75, 0.64]), reference)
+    paired = lower["paired_difference"]
+    assert paired["pairs"] == 6 and paired["mean"] == pytest.approx(-0.05, abs=1e-9) and paired["verdict"] == "loss"
+    assert paired["ci95"][0] < -0.05 < paired["ci95"][1] < 0
+    noisy = accuracy_study.summarise(ablation, _runs([0.9, 0.6, 0.9, 0.5, 0.9, 0.6]), reference)
+    assert noisy["paired_difference"]["verdict"] == "no measurable effect"
+    alone = accuracy_study.summarise(ablation, _runs([0.9]), reference)
+    assert alone["paired_difference"]["verdict"] == "too few pairs"
 
 
 def _fixture_results(folder: Path) -> None:
@@ -133,12 +148,14 @@ def _fixture_results(folder: Path) -> None:
                "load_scan_over_reference": 2.0}, "environment": {"cpu_model": "Test CPU", "cpu_count": 2,
                "load_average_1_5_15min": [1.5, 1.0, 1.0], "torch": "2.x", "command": "python -m benchmarks.bench_parsing",
                "git_commit": "0123456789abcdef", "uncommitted_changes": ["modeling_facet/rendering.py"]}}  # fmt: skip
-    rows = [accuracy_study.summarise(row, [{"fold": 0, "value": 0.5, "seconds": 1.0}]) for row in accuracy_study.ROWS]
-    rows[-1]["folds"][0]["words_in_training_class_prompts"] = ["disgusted"]
+    reference = _runs([0.5, 0.5])
+    rows = [accuracy_study.summarise(row, _runs([0.5, 0.4] if row.name == "no_mtgf" else [0.5, 0.5]), reference)
+            for row in accuracy_study.ROWS]  # fmt: skip
+    rows[-1]["runs"][0]["words_in_training_class_prompts"] = ["disgusted"]
     study = {"quick": False, "complete": True, "wall_seconds": 12.0, "rows": rows,
-             "settings": {"subjects": 6, "folds": 2, "epochs": 1, "preset": "small", "batch_size": 32,
-                          "learning_rate": 0.002, "test_intensities": [3, 4], "recipe": "demo",
-                          "zero_shot_words": accuracy_study.ZERO_SHOT_WORDS},
+             "settings": {"subjects": 6, "folds": 2, "folds_run": 1, "seeds": 2, "steps": 4, "preset": "small",
+                          "batch_size": 32, "learning_rate": 0.002, "test_intensities": [3, 4], "recipe": "demo",
+                          "paired_difference": "row minus facet_vlm", "zero_shot_words": accuracy_study.ZERO_SHOT_WORDS},
              "environment": {"cpu_model": "Test CPU", "cpu_count": 2, "command": "python -m benchmarks.accuracy_study"}}  # fmt: skip
     arm = {"mean": 0.6, "std": 0.1, "per_fold": [0.5, 0.7]}
     pretraining = {"quick": False, "pretrained": "outputs/demo/model", "mean_gain": 0.15, "gain_per_fold": [0.1, 0.2],
@@ -164,7 +181,9 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
     assert "| Scan parsing (quick) | .wrl, BU-3DFE size (8,010 vertices): load_scan | 10.00 ms |" in summary
     assert "6.00x faster" in summary and "`python -m benchmarks.bench_parsing`" in summary
     for row in accuracy_study.ROWS:
-        assert f"| {row.description} | {row.metric} | 0.500 | 0.000 | 0.500 |" in summary
+        if row.name != "no_mtgf":
+            assert f"| {row.description} | {row.metric} | 0.500 | 0.000 | 1.000 |" in summary
+    assert "| without MTGF | accuracy | 0.450 | 0.050 | 1.000 | -5.0 points [-68.5, +58.5]: no measurable effect | 2 |" in summary
     assert "Of these, disgusted appeared in the training class prompts" in summary
     assert "Mean gain of pretraining: **+15.0 points** (per fold +10.0, +20.0)" in summary
     assert "| Main job | `facet-vlm demo`: whole command, wall time | 332 s (training 245 s) | budget 900 s | 0.37x" in summary
@@ -227,3 +246,39 @@ def test_study_rows_can_be_selected_by_name():
     assert [row.name for row in chosen] == ["facet_vlm_4d", "zero_shot"]  # study order
     with pytest.raises(ValueError, match="Unknown study rows"):
         accuracy_study.select_rows("facet_vlm,nope")
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """Two tiny trained runs (every part; CVSA mean without MTGF) on 4 synthetic subjects, sharing one cache."""
+    from training.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("liveness")
+    runs = {}
+    for name, overrides in (("full", {}), ("plain", {"cvsa": "mean", "mtgf": False})):
+        train(TrainConfig(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2, preset="tiny",
+                          max_steps=3, batch_size=8, output=str(root / name), cache_dir=str(root / "cache"),
+                          model_overrides=overrides))  # fmt: skip
+        runs[name] = root / name
+    return runs
+
+
+def test_liveness_report_measures_each_part(trained_runs, tmp_path):
+    from benchmarks import liveness
+
+    full = liveness.run(trained_runs["full"], tmp_path / "full.json", batches=1)
+    assert json.loads((tmp_path / "full.json").read_text())["benchmark"] == "liveness"
+    cvsa = full["cvsa"]
+    assert len(cvsa["mean"]) == 3 and sum(cvsa["mean"]) == pytest.approx(1.0) and max(cvsa["std_across_samples"]) > 0
+    assert [entry["view"] for entry in cvsa["blanked"]] == [0, 1, 2]
+    for name in ("random_text_keys", "mean_text_key", "skipped"):
+        assert 0 <= full["mtgf"][name]["predictions_changed"] <= 1 and full["mtgf"][name]["mean_cosine_to_real_h"] <= 1 + 1e-6
+    # The tiny text tower embeds every prompt alike, so only random keys and skipping MTGF move h here.
+    assert full["mtgf"]["random_text_keys"]["mean_cosine_to_real_h"] < 0.9999
+    assert full["mtgf"]["skipped"]["mean_cosine_to_real_h"] < 0.9999
+    assert len(full["scalars"]["margin"]) >= 1 and len(full["scalars"]["cvsa_temperature"]) >= 1
+    gradients = full["loss_gradients"]
+    assert gradients["relative_to_ce"]["ce"] == pytest.approx(1.0) and gradients["gradient_norm"]["gf"] > 0
+    plain = liveness.run(trained_runs["plain"], tmp_path / "plain.json", batches=1)
+    assert plain["mtgf"] is None and plain["cvsa"]["mean_abs_deviation_from_uniform"] == pytest.approx(0.0, abs=1e-6)
+    assert max(plain["cvsa"]["std_across_samples"]) == pytest.approx(0.0, abs=1e-6)

@@ -202,7 +202,8 @@ def train(cfg: TrainConfig) -> dict:
         if step % steps_per_epoch == 0 or step == total_steps:
             record = {"epoch": math.ceil(step / steps_per_epoch), "step": step,
                       **{name: value / running["steps"] for name, value in running.items() if name != "steps"},
-                      "lr": scheduler.get_last_lr()[0], "samples_per_second": seen / (time.perf_counter() - started)}  # fmt: skip
+                      "lr": scheduler.get_last_lr()[0], "samples_per_second": seen / (time.perf_counter() - started),
+                      **trained_scalars(accelerator.unwrap_model(model))}  # fmt: skip
             if cfg.eval_every_epoch:
                 record["test_accuracy"] = _gathered_metrics(accelerator, model, processor, test_split).get("accuracy")
                 model.train()
@@ -221,6 +222,9 @@ def train(cfg: TrainConfig) -> dict:
                    data_seed=cfg.data_seed, train_samples=len(train_split), test_samples=len(test_split),
                    world_size=world, parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
+    train_metrics = _gathered_metrics(accelerator, model, processor, train_split)
+    metrics["train_metrics"] = {key: value for key, value in train_metrics.items()
+                                if key in ("accuracy", "macro_f1", "mean_f1")}  # fmt: skip
     if "eval" in splits:
         metrics["cross_dataset"] = _gathered_metrics(accelerator, model, processor, splits["eval"])
     if accelerator.is_main_process:
@@ -231,6 +235,18 @@ def train(cfg: TrainConfig) -> dict:
         (output / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     accelerator.wait_for_everyone()
     return metrics
+
+
+def trained_scalars(model) -> dict:
+    """The scalars of the method as they act: the logit scale exp(s), the L_gf margin and the pooling temperatures
+    (logged every epoch, so that a scalar that does not move shows)."""
+    facet = model.base_model
+    scale = facet.logit_scale.exp().clamp(max=model.config.logit_scale_max)
+    values = {"logit_scale": scale.item(), "margin": torch.sigmoid(model.margin_raw).item()}
+    for name, module in (("cvsa", facet.cvsa), ("temporal", facet.temporal)):
+        if getattr(module, "pooling", None) is not None:
+            values[f"{name}_temperature"] = module.pooling.log_temperature.exp().item()
+    return values
 
 
 @torch.no_grad()
