@@ -33,7 +33,7 @@ import os
 import datasets
 import numpy as np
 
-from modeling_facet.prompts import BP4D_AUS
+from modeling_facet.prompts import BP4D_ACTION_UNITS, BP4D_AUS
 
 from .common import (
     EMOTIONS,
@@ -170,6 +170,7 @@ class BP4D(FacetBuilder):
     DATASET = "BP4D-Spontaneous"
     LEVELS = ("scan", "sequence")
     FRAME_FIELDS = SEQUENCE_FRAME_FIELDS
+    LABEL_NAMES = {"aus": BP4D_ACTION_UNITS}
     BUILDER_CONFIGS = [
         FacetBuilderConfig(name=name, level=level, render=render, num_folds=len(BP4D_PARTS), description=description)
         for name, level, render, description in (

@@ -56,6 +56,7 @@ from modeling_facet.prompts import EMOTIONS, EXPRESSIONS
 from modeling_facet.render_settings import DEFAULT_CHANNELS, DEFAULT_VIEWS, channel_count
 
 from .protocols import fold_of_subject, train_test_subjects
+from .registry import BENCHMARKS
 
 
 logger = logging.getLogger(__name__)
@@ -244,8 +245,8 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
 
     A subclass sets ``DATASET`` (display name), ``DATA_SOURCE`` (where the data comes from, for errors about
     missing data; the default says it must be obtained from its owners under license), ``LEVELS`` and
-    ``PROTOCOLS`` (the accepted ``level`` and ``protocol`` values) and ``FRAME_FIELDS`` (the per-frame list
-    columns that windows cut), and implements:
+    ``PROTOCOLS`` (the accepted ``level`` and ``protocol`` values), ``FRAME_FIELDS`` (the per-frame list
+    columns that windows cut) and ``LABEL_NAMES`` (the names of each multi-hot label column), and implements:
 
     * ``_example_features()``: the columns besides ``fold``, ``window_start`` and the rendered ones;
     * ``_index(root)``: one dict per example with the feature values, ``scan_path`` or ``frame_paths``, and
@@ -265,6 +266,7 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
     LEVELS = ("scan",)
     PROTOCOLS = ("standard",)
     FRAME_FIELDS = ("frame_paths",)
+    LABEL_NAMES = {}
 
     def __init__(self, *args, data_dir: Optional[str] = None, hash: Optional[str] = None, **kwargs):
         if hash is None and data_dir is not None and os.path.isdir(data_dir):
@@ -315,7 +317,10 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
             features["window_start"] = datasets.Value("int32")
         if self.config.render:
             features.update(self._pixel_features())
-        return datasets.DatasetInfo(description=self.__doc__, features=datasets.Features(features))
+        benchmark, about = BENCHMARKS.get(type(self).__module__.rsplit(".", 1)[-1]), {}
+        if benchmark is not None:  # the registry's facts; a builder subclassed elsewhere has none
+            about = dict(citation=benchmark.citation or "", homepage=benchmark.homepage or "", license=benchmark.license)
+        return datasets.DatasetInfo(description=self.__doc__, features=datasets.Features(features), **about)
 
     # ------------------------------------------------------------------------------------------------ splits
 

@@ -135,6 +135,7 @@ class FourDME(FacetBuilder):
     DATASET = "4DME"
     LEVELS = ("sequence",)
     PROTOCOLS = ("loso", "standard")
+    LABEL_NAMES = {"emotions": EMOTIONS_4DME}
     BUILDER_CONFIGS = [
         FacetBuilderConfig(name="sequences", level="sequence", protocol="loso", description="Clip frames and labels."),
         FacetBuilderConfig(

@@ -82,6 +82,7 @@ class SyntheticFaces(FacetBuilder):
     )
     PROTOCOLS = tuple(bu3dfe.PROTOCOLS)
     FRAME_FIELDS = ("frame_paths", "landmark_paths", "au_intensities", "intensity_curve")
+    LABEL_NAMES = {"aus": AU_NAMES}
     BUILDER_CONFIG_CLASS = SyntheticFacesConfig
     BUILDER_CONFIGS = [
         SyntheticFacesConfig(name="scans", description="BU-3DFE-layout scans with labels and AU activations."),

@@ -743,3 +743,20 @@ def test_each_label_vocabulary_has_one_home():
     assert fourdme.EMOTIONS_4DME is prompts.MICRO_EXPRESSIONS
     assert prompts.BP4D_ACTION_UNITS == tuple(f"AU{number}" for number in bp4d.BP4D_AUS)
     assert bp4d.BP4D_AUS is prompts.BP4D_AUS
+
+
+def test_one_registry_feeds_the_builders_info_training_and_publishing(tmp_path):
+    from datasets_scripts.registry import BENCHMARKS, DATASETS, benchmark_of
+    from training import data, publish
+
+    assert data.DATASETS is DATASETS and publish.BENCHMARKS is BENCHMARKS and publish.benchmark_of is benchmark_of
+    info = BU3DFE(config_name="scans", cache_dir=str(tmp_path)).info
+    assert info.citation == BENCHMARKS["bu3dfe"].citation and info.homepage == BENCHMARKS["bu3dfe"].homepage
+    assert info.license == "other"
+    assert benchmark_of("synthetic_aus") is benchmark_of("synthetic4d") is BENCHMARKS["synthetic"]
+    assert DATASETS["bp4d"].builder_class() is BP4D and DATASETS["bp4d"].benchmark is BENCHMARKS["bp4d"]
+    assert data.multi_label_names("bp4d") == [f"AU{number}" for number in BP4D_AUS]
+    assert data.multi_label_names("synthetic_aus") == list(AU_NAMES)
+    assert data.multi_label_names("fourdme") == list(EMOTIONS_4DME)
+    with pytest.raises(ValueError, match="Unknown dataset 'bu3d'"):
+        benchmark_of("bu3d")

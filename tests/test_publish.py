@@ -190,7 +190,8 @@ def test_licensed_dataset_repo_has_card_and_code_only(tmp_path):
     folder = build_dataset_repo("bp4d", tmp_path / "bp4d", "someuser/bp4d")
     files = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file())
     assert files == ["README.md", "code/datasets_scripts/__init__.py", "code/datasets_scripts/bp4d.py",
-                     "code/datasets_scripts/common.py", "code/datasets_scripts/protocols.py"]  # fmt: skip
+                     "code/datasets_scripts/common.py", "code/datasets_scripts/protocols.py",
+                     "code/datasets_scripts/registry.py"]  # fmt: skip
     card = (folder / "README.md").read_text()
     assert "This repository holds no data" in card and "How to obtain it" in card and "zhang2014bp4d" in card
     assert 'BP4D(config_name="views", data_dir="/path/to/BP4D-Spontaneous", fold=0)' in card

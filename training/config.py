@@ -69,7 +69,7 @@ class TrainConfig:
         return cls(**{**values, **overrides})
 
     def __post_init__(self):
-        from .data import DATASETS
+        from datasets_scripts.registry import DATASETS
 
         if self.dataset not in DATASETS:
             raise ValueError(f"Unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}.")

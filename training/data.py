@@ -8,55 +8,18 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from datasets_scripts.registry import DATASETS, DatasetSpec
 from modeling_facet.rasterization import to_device
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """How to read one benchmark: its builder, the rendering config, the label column and its label names."""
-
-    builder: str  # "module:Class"
-    config_name: str
-    label_field: str = "expression"
-    multi_label: bool = False  # a multi-hot label column (names from `multi_label_names`)
-
-    def builder_class(self):
-        module, name = self.builder.split(":")
-        return getattr(importlib.import_module(module), name)
-
-
-DATASETS = {
-    "synthetic": DatasetSpec("datasets_scripts.synthetic:SyntheticFaces", "views"),
-    "synthetic4d": DatasetSpec("datasets_scripts.synthetic:SyntheticFaces", "sequence_views"),
-    "synthetic_aus": DatasetSpec("datasets_scripts.synthetic:SyntheticFaces", "views", "aus", multi_label=True),
-    "bu3dfe": DatasetSpec("datasets_scripts.bu3dfe:BU3DFE", "views"),
-    "bosphorus": DatasetSpec("datasets_scripts.bosphorus:Bosphorus", "views"),
-    "bu4dfe": DatasetSpec("datasets_scripts.bu4dfe:BU4DFE", "views"),
-    "bp4d": DatasetSpec("datasets_scripts.bp4d:BP4D", "views", "aus", multi_label=True),
-    "bp4d_emotions": DatasetSpec("datasets_scripts.bp4d:BP4D", "views"),
-    "fourdme": DatasetSpec("datasets_scripts.fourdme:FourDME", "views", "emotions", multi_label=True),
-}
 
 
 def multi_label_names(name: str) -> list[str]:
     """Label names of a multi-hot label column (AUs as "AU12", 4DME's five emotions)."""
-    if name == "synthetic_aus":
-        from datasets_scripts.synthetic_faces import AU_NAMES
-
-        return list(AU_NAMES)
-    if name == "bp4d":
-        from datasets_scripts.bp4d import BP4D_AUS
-
-        return [f"AU{number}" for number in BP4D_AUS]
-    from datasets_scripts.fourdme import EMOTIONS_4DME
-
-    return list(EMOTIONS_4DME)
+    return DATASETS[name].multi_label_names()
 
 
 def is_multi_label(name: str) -> bool:
