@@ -5,6 +5,10 @@ weights, a per-frame timeline for 4D input and the latency of every prediction.
 Run: `facet-vlm app --model DIR [--port N] [--max-upload-mb MB]`, or
 `streamlit run app/streamlit_app.py -- --model DIR` (defaults: the main job's model, outputs/demo/model; the
 environment variables FACET_APP_MODEL and FACET_APP_MAX_UPLOAD_MB set the same).
+
+The page is meant for the loopback interface or a trusted network: anyone who reaches it can load a model from any
+folder of the server (its model box) and use its CPU. `facet-vlm app` binds 127.0.0.1; the training it offers writes
+only under its working directory, and uploads, scans and label lists are bounded (app/inputs.py, app/settings.py).
 """
 
 import os
@@ -31,7 +35,7 @@ from app import training_job  # noqa: E402
 from app.inference import predict, view_pictures  # noqa: E402
 from app.inputs import UPLOAD_EXTENSIONS, UploadError, load_upload, sample_faces  # noqa: E402
 from app.mesh_viewer import viewer_html  # noqa: E402
-from app.settings import AppSettings  # noqa: E402
+from app.settings import AppSettings, check_label_count  # noqa: E402
 from modeling_facet.mesh_io import ScanFormatError  # noqa: E402
 from modeling_facet.pipeline_facet import load_pipeline, parse_candidate_labels  # noqa: E402
 from modeling_facet.prompts import EXPRESSIONS, check_templates  # noqa: E402
@@ -118,9 +122,9 @@ def held_out_accuracy(metrics: Path) -> float | None:
         return None
 
 
-def train_demo_model(model_dir: str, num_subjects: int) -> None:
-    """Runs the main job's training with a progress bar; on success the page reloads with the new model."""
-    output = training_job.training_output(model_dir)
+def train_demo_model(output: Path, num_subjects: int) -> None:
+    """Runs the main job's training into `output` with a progress bar; on success the page reloads with the new
+    model."""
     bar = st.progress(0.0, text="Starting the training job...")
     try:
         for progress in training_job.run_training(output, num_subjects):
@@ -136,11 +140,15 @@ def train_demo_model(model_dir: str, num_subjects: int) -> None:
 
 
 def offer_training(model_dir: str) -> None:
-    output = training_job.training_output(model_dir)
+    try:
+        output = training_job.confined_output(model_dir)
+    except ValueError as error:
+        st.info(str(error))
+        return
     subjects = st.number_input("Synthetic subjects to train on", min_value=10, max_value=1000, value=100, step=10,
                                help="The main job uses 100; fewer train faster and less accurately.")  # fmt: skip
     if st.button(f"Train the demo model (facet-vlm demo --output {output})", type="primary"):
-        train_demo_model(model_dir, int(subjects))
+        train_demo_model(output, int(subjects))
 
 
 def load_model(model_dir: str):
@@ -185,7 +193,7 @@ def prompt_controls(pipe):
         + "; ".join(templates),
     )  # fmt: skip
     try:
-        labels = parse_candidate_labels(text)
+        labels = check_label_count(parse_candidate_labels(text))
         if template.strip():
             check_templates(template.strip())
     except ValueError as error:

@@ -39,6 +39,20 @@ def training_output(model_dir) -> Path:
     return model_dir.parent if model_dir.name == MODEL_SUBFOLDER else model_dir
 
 
+def confined_output(model_dir) -> Path:
+    """The folder the demo would train into for `model_dir` (see `training_output`), which must lie under the app's
+    working directory: whoever can reach the page may not make it write anywhere else on the server.
+
+    Raises:
+        ValueError: the folder is outside the working directory, with the command to run instead.
+    """
+    output, root = training_output(model_dir), Path.cwd().resolve()
+    if not output.is_relative_to(root):
+        raise ValueError(f"The app trains only into folders under its working directory {root}; {output} is not. "
+                         f"Train there yourself with `facet-vlm demo --output {output}`.")  # fmt: skip
+    return output
+
+
 def demo_command(output, num_subjects: int) -> list:
     """The command line of the main job (`facet-vlm demo`) training into `output` on `num_subjects` subjects."""
     return [sys.executable, "-m", "training.cli", "demo", "--output", str(output), "--subjects", str(num_subjects)]

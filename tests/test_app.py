@@ -239,6 +239,7 @@ def fake_demo_command(trained_model, exit_code=0):
 
 
 def test_without_a_model_the_page_says_so_and_trains_one(model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the app trains only under its working directory
     missing = tmp_path / "run" / "model"
     monkeypatch.setenv("FACET_APP_MODEL", str(missing))
     app = AppTest.from_file(str(APP_SCRIPT), default_timeout=TIMEOUT_S).run()

@@ -97,3 +97,47 @@ def test_lzma_errors_are_what_a_corrupt_lzma_entry_raises():
     archive = zipfile.ZipFile(io.BytesIO(_corrupt(zipfile.ZIP_LZMA)))
     with pytest.raises((lzma.LZMAError, EOFError, zipfile.BadZipFile)):
         archive.read("000.ply")
+
+
+# ------------------------------------------------------------------------------------------- the page (items 12, 13)
+
+
+def app_on(model_dir, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from app.settings import APP_SCRIPT
+    from tests.test_app import TIMEOUT_S
+
+    monkeypatch.setenv("FACET_APP_MODEL", str(model_dir))
+    monkeypatch.delenv("FACET_APP_MAX_UPLOAD_MB", raising=False)
+    return AppTest.from_file(str(APP_SCRIPT), default_timeout=TIMEOUT_S).run()
+
+
+def test_the_app_offers_training_only_under_its_working_directory(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    outside = app_on(tmp_path / "elsewhere" / "model", monkeypatch)
+    assert not outside.exception and not outside.button
+    assert f"trains only into folders under its working directory {work}" in outside.info[0].value
+    assert "facet-vlm demo --output" in outside.info[0].value
+    escaping = app_on(work / ".." / "elsewhere" / "model", monkeypatch)
+    assert not escaping.button
+    inside = app_on(work / "outputs" / "demo" / "model", monkeypatch)
+    assert not inside.exception and str(work / "outputs" / "demo") in inside.button[0].label
+
+
+def test_the_app_caps_the_number_of_candidate_labels(monkeypatch, tmp_path):
+    from app.settings import MAX_CANDIDATE_LABELS
+    from tests.test_pipeline import save_tiny_model
+
+    save_tiny_model(tmp_path)
+    app = app_on(tmp_path, monkeypatch)
+    too_many = ", ".join(f"label{index}" for index in range(MAX_CANDIDATE_LABELS + 1))
+    app.text_input(key="labels").set_value(too_many).run()
+    assert not app.exception
+    assert f"{MAX_CANDIDATE_LABELS + 1} candidate labels: the app scores at most {MAX_CANDIDATE_LABELS}" in app.sidebar.error[0].value
+    app.radio(key="source").set_value("Generated sample face").run()
+    assert not app.metric  # nothing was classified
+    app.text_input(key="labels").set_value(", ".join(f"label{index}" for index in range(MAX_CANDIDATE_LABELS))).run()
+    assert not app.exception and not app.error and app.metric
