@@ -103,7 +103,7 @@ def test_model_forward_on_the_inputs_device(tiny):
     prompts = processor(labels=list(EMOTION_LABELS), return_tensors="pt")
     try:
         with SameDevice():
-            outputs = model(**batch, input_ids=prompts["input_ids"].to(META), attention_mask=prompts["attention_mask"].to(META))
+            outputs = model(**batch, **{key: value.to(META) for key, value in prompts.items()})
     except (RuntimeError, NotImplementedError) as error:
         # A value read back to the host (a sync per step on a GPU), which meta cannot give; a device mix still fails.
         # modeling_facet.py: the frame_mask check `.all()`, boolean-mask indexing of frames, temporal pooling's
@@ -125,3 +125,24 @@ def test_renderer_torch_parts_on_the_device():
             num_images=2, size=4,
         )  # fmt: skip
     assert normals.device == images.device == META and images.shape == (2, 8, 4, 4)
+
+
+def test_loss_terms_accumulate_on_the_device_and_are_read_once():
+    from types import SimpleNamespace
+
+    from training.step_log import LOSS_TERMS, LossMeans
+
+    def outputs(device, scale):
+        terms = {name: torch.tensor(scale * (i + 1.0), device=device) for i, name in enumerate(LOSS_TERMS)}
+        return SimpleNamespace(**terms)
+
+    on_meta = LossMeans()
+    with SameDevice():
+        for scale in (1.0, 2.0):
+            on_meta.add(outputs(META, scale))  # would raise on meta if a step read a value back to the host
+    means = LossMeans()
+    for scale in (1.0, 2.0, 0.5):
+        means.add(outputs("cpu", scale))
+    single_process = SimpleNamespace(reduce=lambda tensor, reduction: tensor)
+    assert means.means(single_process) == pytest.approx({name: 3.5 * (i + 1) / 3 for i, name in enumerate(LOSS_TERMS)})
+    assert means.steps == 3

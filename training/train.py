@@ -29,6 +29,7 @@ from . import checkpointing
 from .config import TrainConfig, add_arguments, config_from_args
 from .data import ExpressionSplit, is_multi_label, load_splits
 from .evaluate_model import compute_metrics, decide, predict, write_metrics
+from .step_log import LossMeans
 
 
 def _mixed_precision(requested: str) -> str:
@@ -172,7 +173,7 @@ def train(cfg: TrainConfig) -> dict:
         accelerator.print(f"Resumed from {last} at step {step}.")
 
     progress = tqdm(total=total_steps, initial=step, disable=not accelerator.is_main_process, desc="training")
-    running, started, seen = {}, time.perf_counter(), 0
+    running, started, seen = LossMeans(), time.perf_counter(), 0
     model.train()
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
@@ -191,24 +192,21 @@ def train(cfg: TrainConfig) -> dict:
             optimizer.zero_grad()
         step += 1
         seen += len(global_indices)
-        terms = {name: getattr(outputs, name).detach() for name in ("loss", "loss_ce", "loss_itc", "loss_cons", "loss_gf")}
-        terms = {name: accelerator.reduce(value, reduction="mean").item() for name, value in terms.items()}
-        for name, value in terms.items():
-            running[name] = running.get(name, 0.0) + value
-        running["steps"] = running.get("steps", 0) + 1
+        running.add(outputs)  # on the device: no step waits for the GPU to read its loss back
         progress.update(1)
-        progress.set_postfix(loss=f"{terms['loss']:.3f}", samples_per_s=f"{seen / (time.perf_counter() - started):.1f}")
 
         if step % steps_per_epoch == 0 or step == total_steps:
-            record = {"epoch": math.ceil(step / steps_per_epoch), "step": step,
-                      **{name: value / running["steps"] for name, value in running.items() if name != "steps"},
-                      "lr": scheduler.get_last_lr()[0], "samples_per_second": seen / (time.perf_counter() - started),
+            losses = running.means(accelerator)
+            samples_per_second = seen / (time.perf_counter() - started)
+            progress.set_postfix(loss=f"{losses['loss']:.3f}", samples_per_s=f"{samples_per_second:.1f}")
+            record = {"epoch": math.ceil(step / steps_per_epoch), "step": step, **losses,
+                      "lr": scheduler.get_last_lr()[0], "samples_per_second": samples_per_second,
                       **trained_scalars(accelerator.unwrap_model(model))}  # fmt: skip
             if cfg.eval_every_epoch:
                 record["test_accuracy"] = _gathered_metrics(accelerator, model, processor, test_split).get("accuracy")
                 model.train()
             history.append(record)
-            running = {}
+            running = LossMeans()
             if accelerator.is_main_process:
                 _log_epoch(output, record)
         if cfg.save_steps and (step % cfg.save_steps == 0 or step == total_steps):
