@@ -285,9 +285,14 @@ def test_settings_from_arguments_and_environment():
 
 
 def test_facet_vlm_app_runs_streamlit(monkeypatch):
+    from app.__main__ import main as app_main
+
     started = []
     monkeypatch.setattr("os.execv", lambda path, argv: started.append(argv))
-    main(["app", "--model", "some/model", "--port", "8765", "--max-upload-mb", "300"])
+    arguments = ["--model", "some/model", "--port", "8765", "--max-upload-mb", "300"]
+    main(["app", *arguments])  # facet-vlm app starts `python -m app` with the arguments unparsed
+    assert started.pop() == [sys.executable, "-m", "app", *arguments]
+    app_main(arguments)
     assert started == [streamlit_command("some/model", 8765, 300.0)]
     command = started[0]
     assert command[1:5] == ["-m", "streamlit", "run", str(APP_SCRIPT)]
@@ -297,7 +302,7 @@ def test_facet_vlm_app_runs_streamlit(monkeypatch):
     assert options["--server.maxUploadSize"] == "300"  # Streamlit never refuses what the app accepts
     assert command[command.index("--") + 1 :] == ["--model", "some/model", "--max-upload-mb", "300.0"]
     with pytest.raises(SystemExit):
-        main(["app", "--max-upload-mb", "-1"])
+        app_main(["--max-upload-mb", "-1"])
 
 
 def test_load_upload_reads_scans_and_sequences(wrl_bytes):

@@ -214,11 +214,13 @@ def test_suite_selection_by_names_and_groups():
         selected("parsing,nope")
 
 
-def test_bench_subcommand_delegates_to_the_suite():
-    from training.cli import _bench, build_parser
+def test_bench_subcommand_starts_the_suite(monkeypatch):
+    from training.cli import main
 
-    args = build_parser().parse_args(["bench", "--quick", "--only", "parsing", "--folds", "5"])
-    assert args.handler is _bench and args.quick and args.only == "parsing" and args.folds == 5
+    started = []
+    monkeypatch.setattr("os.execv", lambda path, argv: started.append(argv))
+    main(["bench", "--quick", "--only", "parsing", "--folds", "5"])
+    assert started == [[sys.executable, "-m", "benchmarks", "--quick", "--only", "parsing", "--folds", "5"]]
 
 
 def test_quick_parsing_run_writes_valid_json(tmp_path):

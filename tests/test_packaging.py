@@ -2,6 +2,7 @@
 
 import ast
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -73,3 +74,19 @@ def test_the_configuration_is_a_leaf():
     ours = ["remote_code", "remote_code.configuration_facet", "remote_code.prompts", "remote_code.render_settings"]
     assert report["new"] == ours  # the label names come from prompts.py, which needs only numpy and re
     assert report["torch"] == report["torch_by_transformers"]
+
+
+def test_the_command_line_imports_neither_app_nor_benchmarks_and_training_sets_no_environment():
+    # `facet-vlm app` and `facet-vlm bench` start `python -m app` / `python -m benchmarks`: the CLI (training) and the
+    # programs above it never import each other, and importing training leaves the environment alone.
+    code = """if True:
+        import json, os, sys
+        import training, training.cli, training.config
+        training.cli.build_parser()
+        upward = sorted(name for name in sys.modules if name.split(".")[0] in ("app", "benchmarks"))
+        print(json.dumps([upward, os.environ.get("OMP_WAIT_POLICY")]))
+    """
+    environment = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    assert json.loads(result.stdout) == [[], None]

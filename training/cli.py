@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+
+
+# Commands that start another program of the package, passing their arguments through unparsed: the command line
+# (part of training) imports neither the app nor the benchmarks, which sit above it.
+PROGRAMS = {"app": "app", "bench": "benchmarks"}
 
 
 def _inspect(args):
@@ -89,23 +95,11 @@ def _predict(args):
                 print(f"  frame {frame} (weight {frame_weight:.3f}) views: {shares}")
 
 
-def _app(args):
-    import importlib.util
-    import os
-
-    from app.settings import streamlit_command
-
-    if importlib.util.find_spec("streamlit") is None:
-        raise SystemExit('facet-vlm app: Streamlit is not installed; install it with pip install -e ".[app]"')
-    command = streamlit_command(args.model, args.port, args.max_upload_mb)
-    print("+ " + " ".join(command), flush=True)
-    os.execv(command[0], command)  # the server takes this process's place (and PID)
-
-
-def _bench(args):
-    from benchmarks.__main__ import run_suite
-
-    raise SystemExit(run_suite(args))
+def _start_program(args):
+    """`facet-vlm app ARGS` runs `python -m app ARGS`, `facet-vlm bench ARGS` `python -m benchmarks ARGS`, in this
+    process's place."""
+    command = [sys.executable, "-m", PROGRAMS[args.command], *args.arguments]
+    os.execv(command[0], command)
 
 
 def _publish_model(args):
@@ -137,8 +131,6 @@ def _add_push_arguments(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from app.settings import DEFAULT_MAX_UPLOAD_MB, DEFAULT_MODEL_DIR, positive_megabytes
-    from benchmarks.__main__ import add_arguments as add_bench_arguments
     from training.config import add_arguments
 
     parser = argparse.ArgumentParser(prog="facet-vlm", description="FACET-VLM: 3D/4D facial expression recognition.")
@@ -196,16 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=1)
     predict.set_defaults(handler=_predict)
 
-    app = commands.add_parser("app", help="Serve the Streamlit app (interactive inference) on 127.0.0.1.")
-    app.add_argument("--model", default=DEFAULT_MODEL_DIR, help="a FACET-VLM folder (default: the main job's model)")
-    app.add_argument("--port", type=int, default=8501)
-    app.add_argument("--max-upload-mb", type=positive_megabytes, default=DEFAULT_MAX_UPLOAD_MB,
-                     help="largest accepted upload")  # fmt: skip
-    app.set_defaults(handler=_app)
-
-    bench = commands.add_parser("bench", help="Run the speed benchmarks and the accuracy study (python -m benchmarks).")
-    add_bench_arguments(bench)
-    bench.set_defaults(handler=_bench)
+    for name, help in (("app", "Serve the Streamlit app (interactive inference) on 127.0.0.1 (python -m app)."),
+                       ("bench", "Run the speed benchmarks and the accuracy study (python -m benchmarks).")):
+        program = commands.add_parser(name, help=f"{help} `facet-vlm {name} --help` lists its options.", add_help=False)
+        program.set_defaults(handler=_start_program)
 
     publish = commands.add_parser("publish", help="Push a trained model, its code and model card to the Hub.")
     publish.add_argument("model_dir")
@@ -227,8 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(argv=None) -> argparse.Namespace:
+    """The parsed command line; the arguments of `app` and `bench` stay unparsed in `arguments`, for their program."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in PROGRAMS:
+        args.arguments = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    # Idle OpenMP threads spin by default; on a 2-core machine whose other core is busy (rendering, another job)
+    # that spinning made training steps 3-9x slower here. It only takes effect before torch is first imported.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = parse_args(argv)
     from modeling_facet.mesh_io import ScanFormatError
 
     try:
