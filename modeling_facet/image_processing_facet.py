@@ -11,12 +11,16 @@ import torch.nn.functional as F
 import trimesh
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.image_processing_utils import BaseImageProcessor
+from transformers.utils import is_vision_available
 
 from .mesh_io import FaceScan, FaceSequence, load_scan, load_sequence
 from .rasterization import to_device
 from .render_settings import DEFAULT_CHANNELS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, canonical_views, channel_offset
 from .rendering import MultiviewRenderer
 
+
+if not is_vision_available():  # transformers then hands out dummy image-processor classes that fail obscurely later
+    raise ImportError("FACET-VLM's image processor needs Pillow (and trimesh for mesh files): pip install pillow trimesh")
 
 FRAME_SAMPLING_MODES = ("uniform", "window")
 DEFAULT_NUM_FRAMES = 8

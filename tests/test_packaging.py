@@ -90,3 +90,24 @@ def test_the_command_line_imports_neither_app_nor_benchmarks_and_training_sets_n
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True,
                             check=True)  # fmt: skip
     assert json.loads(result.stdout) == [[], None]
+
+
+def test_the_remote_code_names_pillow_when_it_is_missing():
+    # Without Pillow transformers swaps its image-processor base classes for dummies, and loading a processor would
+    # fail with "... but a ImageProcessingMixin was expected"; the remote code says what to install instead.
+    code = f"""if True:
+        import sys, types
+        import transformers.image_processing_utils, transformers.utils
+        transformers.utils.is_vision_available = lambda: False  # what transformers reports without Pillow
+        package = types.ModuleType("remote_code")
+        package.__path__ = [{str(ROOT / "modeling_facet")!r}]
+        sys.modules["remote_code"] = package
+        try:
+            import remote_code.image_processing_facet
+        except ImportError as error:
+            print(error)
+    """
+    result = subprocess.run([sys.executable, "-c", code], cwd="/", capture_output=True, text=True, check=True)
+    assert "pip install pillow trimesh" in result.stdout
+    card = (ROOT / "model_card.md").read_text()
+    assert "pip install pillow trimesh" in card
