@@ -305,3 +305,31 @@ def test_batch_norm_statistics_are_recalibrated_on_the_training_split():
     inputs = torch.cat(seen)
     assert inputs.shape[0] == 15 * 3  # the real frames only, every view
     torch.testing.assert_close(first_norm.running_mean, inputs.mean(dim=(0, 2, 3)), rtol=0.05, atol=0.05)
+
+
+def test_demo_removes_its_data_cache_unless_told_to_keep_it(tmp_path, monkeypatch, capsys):
+    from training import demo
+
+    def fake_train(cfg):  # the real one renders and trains for minutes; this one fills the cache as it would
+        scan = Path(cfg.cache_dir) / "downloads" / "synthetic_faces" / "F0001" / "F0001_HA04WH_F3D.wrl"
+        scan.parent.mkdir(parents=True)
+        scan.write_text("#VRML V2.0 utf8\n")
+        (scan.parent / "F0001_HA04WH_F3D.bnd").write_text("1 0 0 0\n")
+        (Path(cfg.output) / "model").mkdir(parents=True)
+        return dict(accuracy=1.0, macro_f1=1.0, num_samples=1, train_seconds=1.0, labels=["happiness"])
+
+    def fake_pipeline(model_dir):
+        return lambda scan, candidate_labels: [{"label": "happiness", "score": 1.0, "scan": scan}]
+
+    monkeypatch.setattr(demo, "train", fake_train)
+    monkeypatch.setattr(demo, "held_out_scan", lambda cfg: (str(next(Path(cfg.cache_dir).rglob("*.wrl"))), "happiness"))
+    monkeypatch.setattr(demo, "load_pipeline", fake_pipeline)
+    summary = demo.run_demo(tmp_path / "demo", num_subjects=2)
+    assert not (tmp_path / "demo" / "cache").exists() and "Removed the data cache" in capsys.readouterr().out
+    classified = Path(summary["classified_scan"])  # a copy kept next to the model, with its landmark file
+    assert classified.parent == tmp_path / "demo" / "held_out_scan" and classified.is_file()
+    assert classified.with_suffix(".bnd").is_file() and summary["prediction"][0]["scan"] == str(classified)
+    demo.run_demo(tmp_path / "kept", num_subjects=2, keep_cache=True)
+    assert (tmp_path / "kept" / "cache").is_dir()
+    demo.run_demo(tmp_path / "shared", num_subjects=2, cache_dir=tmp_path / "my-cache")  # the user's cache stays
+    assert (tmp_path / "my-cache" / "downloads").is_dir() and not (tmp_path / "shared" / "cache").exists()

@@ -62,7 +62,8 @@ def _evaluate(args):
 def _demo(args):
     from training.demo import run_demo
 
-    run_demo(args.output, num_subjects=args.subjects, epochs=args.epochs)
+    run_demo(args.output, num_subjects=args.subjects, epochs=args.epochs, cache_dir=args.cache_dir,
+             keep_cache=args.keep_cache)  # fmt: skip
 
 
 def _label_list(text):
@@ -140,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default="outputs/demo")
     demo.add_argument("--subjects", type=int, default=100, help="synthetic subjects to generate")
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo recipe's)")
+    demo.add_argument("--cache-dir", help="data cache, kept (default: OUTPUT/cache, about 2.9 GB, removed at the end)")
+    demo.add_argument("--keep-cache", action="store_true", help="keep OUTPUT/cache for another run")
     demo.set_defaults(handler=_demo)
 
     train = commands.add_parser("train", help="Train FACET-VLM (Accelerate); see training/train.py.")
