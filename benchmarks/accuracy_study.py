@@ -150,6 +150,7 @@ def _zero_shot(cfg, trained: dict) -> dict:
     words = [ZERO_SHOT_WORDS[name] for name in test.label_names]
     metrics = evaluate_split(model, processor, test, words, device)
     metrics["accuracy_with_training_label_names"] = trained["accuracy"]
+    metrics["train_metrics"] = trained["train_metrics"]  # with the training label names
     # Training named each class by its first word outside exclude_words: none of the zero-shot words (checked).
     metrics["words_in_training_class_prompts"] = [word for name, word in zip(test.label_names, words)
                                                   if label_word(name, cfg.exclude_words) == word]  # fmt: skip
