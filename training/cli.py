@@ -21,12 +21,17 @@ def _inspect(args):
         print(json.dumps(summary, indent=2))
     else:
         for key, value in summary.items():
-            print(f"{key:>12}: {value}")
+            print(f"{key:>12}: {'-' if value is None else value}")
+
+
+# Column labels of each render channel's image channels in `facet-vlm render`'s grid.
+_IMAGE_CHANNEL_LABELS = {"shaded": ("shaded",), "depth": ("depth",), "normals": ("n.x", "n.y", "n.z"),
+                         "texture": ("tex.R", "tex.G", "tex.B")}  # fmt: skip
 
 
 def _render(args):
     import numpy as np
-    from PIL import Image
+    from PIL import Image, ImageDraw
 
     from modeling_facet.mesh_io import load_scan
     from modeling_facet.rendering import MultiviewRenderer
@@ -36,8 +41,19 @@ def _render(args):
     images = renderer.render(load_scan(args.file, landmarks=True))  # (V, C, H, W) in [0, 1]
     rows = [np.concatenate(list(view), axis=1) for view in images]  # each channel side by side, one row per view
     grid = (np.concatenate(rows, axis=0) * 255).round().astype(np.uint8)
-    Image.fromarray(grid).save(args.output)
-    print(f"Wrote {args.output}: {len(views)} views x {images.shape[1]} channels ({', '.join(args.channels)}).")
+    top, left, size = 16, 96, args.size  # a label row above the columns and a label column left of the rows
+    picture = Image.new("L", (left + grid.shape[1], top + grid.shape[0]))
+    picture.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(picture)
+    columns = [label for name in args.channels for label in _IMAGE_CHANNEL_LABELS[name]]
+    for column, label in enumerate(columns):
+        draw.text((left + column * size + 2, 2), label, fill=255)
+    for row, (yaw, pitch) in enumerate(views):
+        draw.text((2, top + row * size + size // 2 - 5), f"yaw {yaw:g} pitch {pitch:g}", fill=255)
+    picture.save(args.output)
+    names = [name if len(_IMAGE_CHANNEL_LABELS[name]) == 1 else
+             f"{name} " + "/".join(label.split(".")[1] for label in _IMAGE_CHANNEL_LABELS[name]) for name in args.channels]
+    print(f"Wrote {args.output}: {len(views)} views (rows) x {len(columns)} image channels (columns: {', '.join(names)}).")
 
 
 def _train(args):

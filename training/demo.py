@@ -31,12 +31,18 @@ def demo_config(output, num_subjects: int = 100, epochs: int | None = None, cach
 
 def held_out_scan(cfg: TrainConfig) -> tuple[str, str]:
     """A happiness scan (intensity 4) of a test subject of the demo fold, with its true label."""
+    import datasets
+
     from datasets_scripts.synthetic import SyntheticFaces
 
     builder = SyntheticFaces(config_name="scans", cache_dir=cfg.cache_dir, protocol=cfg.protocol, fold=cfg.fold,
                              num_folds=cfg.num_folds, seed=cfg.data_seed, num_subjects=cfg.synthetic_subjects,
                              data_seed=cfg.data_seed)  # fmt: skip
-    builder.download_and_prepare()
+    datasets.disable_progress_bars()  # a second "Generating train split" bar (file paths only) would read as a rerun
+    try:
+        builder.download_and_prepare()
+    finally:
+        datasets.enable_progress_bars()
     test = builder.as_dataset()["test"]
     names = test.features["expression"].names
     for row in test:
