@@ -2,7 +2,9 @@
 
 A checkpoint folder is written under a temporary name and renamed when complete, so a run killed mid-write never
 leaves a half checkpoint that `--resume` would pick up. Optimizer tensors go to safetensors, everything else to
-JSON: nothing is ever unpickled.
+JSON: nothing is ever unpickled. Loading verifies every file (readable, the expected keys and shapes, finite weights)
+before anything is applied, names the file in every error, and `resume` falls back to the previous complete
+checkpoint when the newest one is broken.
 """
 
 from __future__ import annotations
@@ -16,8 +18,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .divergence import listed_names, non_finite_names
+
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+WEIGHTS_NAME = "model.safetensors"
+LOOP_STATE_NAME = "trainer_state.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable or does not fit the run; `path` is the file, `problem` what is wrong."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
 
 
 def _split_state(state, prefix: str, tensors: dict):
@@ -76,14 +91,99 @@ def save_checkpoint(output_dir, step: int, model, processor, optimizer, schedule
     return final
 
 
-def latest_checkpoint(output_dir) -> Path | None:
-    """The complete checkpoint with the highest step in `output_dir`, or None."""
+def complete_checkpoints(output_dir) -> list:
+    """The complete checkpoint folders of `output_dir` (those with their loop state written), newest first."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
-        return None
+        return []
     steps = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
-    complete = [(step, p) for step, p in steps if (p / "trainer_state.json").is_file()]
-    return max(complete)[1] if complete else None
+    return [p for step, p in sorted(steps, reverse=True) if (p / LOOP_STATE_NAME).is_file()]
+
+
+def latest_checkpoint(output_dir) -> Path | None:
+    """The complete checkpoint with the highest step in `output_dir`, or None."""
+    return next(iter(complete_checkpoints(output_dir)), None)
+
+
+def _read(path: Path, read):
+    """`read(path)`, with any failure (missing, truncated, not JSON or safetensors) as a CheckpointError."""
+    try:
+        return read(path)
+    except Exception as error:  # safetensors, JSON and OS errors alike: the file is unusable
+        raise CheckpointError(path, f"cannot be read ({type(error).__name__}: {error})") from error
+
+
+def _require(values, keys, path: Path) -> None:
+    missing = [key for key in keys if not isinstance(values, dict) or key not in values]
+    if missing:
+        raise CheckpointError(path, f"missing {', '.join(repr(key) for key in missing)}")
+
+
+def _verified_weights(path: Path, model) -> dict:
+    """The tensors of `path` after checking them against `model`'s state dict: names, shapes, finite values."""
+    tensors = _read(path, lambda p: load_file(str(p)))
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        problems = ([f"missing {listed_names(missing, 'weight')}"] if missing else []) + (
+            [f"unexpected {listed_names(unexpected, 'weight')}"] if unexpected else [])  # fmt: skip
+        raise CheckpointError(path, "; ".join(problems) + " (a checkpoint of another model?)")
+    for name, tensor in tensors.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(path, f"{name} has shape {tuple(tensor.shape)}, the model's is {tuple(expected[name].shape)}")
+    bad = non_finite_names(tensors.items())
+    if bad:
+        raise CheckpointError(path, f"non-finite values in {listed_names(bad)}")
+    return tensors
+
+
+def load_checkpoint(folder, model, optimizer, scheduler) -> dict:
+    """Loads checkpoint `folder` into `model`, `optimizer` and `scheduler` (unwrapped) and returns its loop state
+    (`step`, `history`, `running`, `config`). Every file is read and checked before anything is applied.
+
+    Raises:
+        CheckpointError: naming the file that is unreadable, lacks a key, or holds weights of other names or
+            shapes, or non-finite ones.
+    """
+    folder = Path(folder)
+    state = _read(folder / LOOP_STATE_NAME, lambda p: json.loads(p.read_text()))
+    _require(state, ("step", "history"), folder / LOOP_STATE_NAME)
+    weights = _verified_weights(folder / WEIGHTS_NAME, model)
+    optimizer_tensors = _read(folder / "optimizer.safetensors", lambda p: load_file(str(p)))
+    if bad := non_finite_names(optimizer_tensors.items()):
+        raise CheckpointError(folder / "optimizer.safetensors", f"non-finite values in {listed_names(bad)}")
+    structure = _read(folder / "optimizer.json", lambda p: json.loads(p.read_text()))
+    optimizer_state = _read(folder / "optimizer.json", lambda p: _join_state(structure, optimizer_tensors))
+    _require(optimizer_state, ("state", "param_groups"), folder / "optimizer.json")
+    scheduler_state = _read(folder / "scheduler.json", lambda p: json.loads(p.read_text()))
+    _require(scheduler_state, scheduler.state_dict(), folder / "scheduler.json")
+    model.load_state_dict(weights)
+    try:
+        optimizer.load_state_dict(optimizer_state)
+    except (ValueError, KeyError, TypeError) as error:  # parameter groups of another model or optimizer
+        raise CheckpointError(folder / "optimizer.json", f"does not fit the optimizer ({error})") from error
+    scheduler.load_state_dict(scheduler_state)
+    return state
+
+
+def resume(output_dir, model, optimizer, scheduler, log=print):
+    """Loads the newest complete checkpoint of `output_dir` that verifies, falling back to older ones (each skipped
+    one is logged with its error). Returns `(folder, loop state)`, or None when there is no checkpoint.
+
+    Raises:
+        CheckpointError: the newest checkpoint's error, when no checkpoint loads.
+    """
+    failures = []
+    for folder in complete_checkpoints(output_dir):
+        try:
+            return folder, load_checkpoint(folder, model, optimizer, scheduler)
+        except CheckpointError as error:
+            log(f"Checkpoint {folder} is unusable ({error}); trying the previous one.")
+            failures.append(error)
+    if failures:
+        newest = failures[0]
+        raise CheckpointError(newest.path, f"{newest.problem}; no older checkpoint in {output_dir} loads either")
+    return None
 
 
 def prune_checkpoints(output_dir, keep: int):

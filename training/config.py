@@ -59,6 +59,7 @@ class TrainConfig:
     save_steps: int = 0
     save_total_limit: int = 2
     resume: bool = False
+    overwrite_output: bool = False  # write into an output folder that holds another run (removing its checkpoints)
 
     @classmethod
     def from_yaml(cls, path, **overrides) -> "TrainConfig":

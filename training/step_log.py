@@ -25,3 +25,18 @@ class LossMeans:
         """The mean of every term over the steps added and over the processes (one read back to the host)."""
         values = accelerator.reduce(self.sums, reduction="mean").tolist()
         return {name: value / self.steps for name, value in zip(LOSS_TERMS, values)}
+
+    def state(self, accelerator):
+        """The sums so far (averaged over the processes) as JSON for a checkpoint, or None before the first step: a
+        run resumed mid-epoch then logs the same epoch means as an uninterrupted one."""
+        if not self.steps:
+            return None
+        return {"sums": accelerator.reduce(self.sums, reduction="mean").tolist(), "steps": self.steps}
+
+    @classmethod
+    def from_state(cls, state, device) -> "LossMeans":
+        """The running sums of a checkpoint's [`state`] (None: empty) on `device`."""
+        means = cls()
+        if state:
+            means.sums, means.steps = torch.tensor(state["sums"], dtype=torch.float64, device=device), state["steps"]
+        return means

@@ -25,11 +25,11 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor
 from modeling_facet.rasterization import to_device
 
-from . import checkpointing
+from . import checkpointing, divergence, run_folder
 from .config import TrainConfig, add_arguments, config_from_args
 from .data import ExpressionSplit, is_multi_label, load_splits
 from .evaluate_model import compute_metrics, decide, predict, write_metrics
-from .step_log import LossMeans
+from .step_log import LOSS_TERMS, LossMeans
 
 
 def _mixed_precision(requested: str) -> str:
@@ -140,6 +140,7 @@ def train(cfg: TrainConfig) -> dict:
     )
     set_seed(cfg.seed)
     output = Path(cfg.output)
+    run_folder.prepare_output_folder(cfg, accelerator)  # before any work: refuses a folder holding another run
     model, processor = build_model_and_processor(cfg, is_multi_label(cfg.dataset))
     with accelerator.main_process_first():  # rank 0 renders and caches; the others read its cache
         splits = load_splits(cfg, processor.image_processor, show_progress=accelerator.is_main_process)
@@ -159,21 +160,20 @@ def train(cfg: TrainConfig) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     build_batch = BatchBuilder(cfg, processor, train_split, accelerator.device)
 
-    step, history = 0, []
-    if cfg.resume and (last := checkpointing.latest_checkpoint(output)) is not None:
-        accelerator.unwrap_model(model).load_state_dict(
-            FacetVLMForExpressionRecognition.from_pretrained(last).state_dict()
-        )
+    step, history, running_state = 0, [], None
+    resumed = cfg.resume and checkpointing.resume(output, accelerator.unwrap_model(model), optimizer.optimizer,
+                                                  scheduler.scheduler, log=accelerator.print)  # fmt: skip
+    if resumed:
+        last, state = resumed
         processor = FacetVLMProcessor.from_pretrained(last)
         build_batch = BatchBuilder(cfg, processor, train_split, accelerator.device)
-        optimizer.optimizer.load_state_dict(checkpointing.load_state_dict(last, "optimizer"))
-        scheduler.scheduler.load_state_dict(json.loads((last / "scheduler.json").read_text()))
-        state = json.loads((last / "trainer_state.json").read_text())
-        step, history = state["step"], state["history"]
+        step, history, running_state = state["step"], state["history"], state.get("running")
+        if accelerator.is_main_process:
+            run_folder.restore_epoch_log(output, history)
         accelerator.print(f"Resumed from {last} at step {step}.")
 
     progress = tqdm(total=total_steps, initial=step, disable=not accelerator.is_main_process, desc="training")
-    running, started, seen = LossMeans(), time.perf_counter(), 0
+    running, started, seen = LossMeans.from_state(running_state, accelerator.device), time.perf_counter(), 0
     model.train()
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
@@ -197,6 +197,7 @@ def train(cfg: TrainConfig) -> dict:
 
         if step % steps_per_epoch == 0 or step == total_steps:
             losses = running.means(accelerator)
+            divergence.check_loss(losses, step - running.steps + 1, step)
             samples_per_second = seen / (time.perf_counter() - started)
             progress.set_postfix(loss=f"{losses['loss']:.3f}", samples_per_s=f"{samples_per_second:.1f}")
             record = {"epoch": math.ceil(step / steps_per_epoch), "step": step, **losses,
@@ -210,8 +211,9 @@ def train(cfg: TrainConfig) -> dict:
             if accelerator.is_main_process:
                 _log_epoch(output, record)
         if cfg.save_steps and (step % cfg.save_steps == 0 or step == total_steps):
-            _save(accelerator, output, step, model, processor, optimizer, scheduler, history, cfg)
+            _save(accelerator, output, step, model, processor, optimizer, scheduler, history, running, cfg)
     progress.close()
+    divergence.check_weights(accelerator.unwrap_model(model), step)
 
     if cfg.recalibrate_batch_norm:
         recalibrate_batch_norm(accelerator.unwrap_model(model), train_split, cfg.batch_size, accelerator.device)
@@ -306,12 +308,18 @@ def _pad_to_equal(tensors, world: int, total: int):
     return padded
 
 
-def _save(accelerator, output, step, model, processor, optimizer, scheduler, history, cfg):
+def _save(accelerator, output, step, model, processor, optimizer, scheduler, history, running, cfg):
+    """Checkpoint `step` (after checking that its loss and weights are finite), keeping `save_total_limit`."""
+    running_state = running.state(accelerator)
+    if running_state:
+        divergence.check_loss(dict(zip(LOSS_TERMS, (value / running.steps for value in running_state["sums"]))),
+                              step - running.steps + 1, step)  # fmt: skip
+    divergence.check_weights(accelerator.unwrap_model(model), step)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         checkpointing.save_checkpoint(
             output, step, accelerator.unwrap_model(model), processor, optimizer.optimizer, scheduler.scheduler,
-            {"step": step, "history": history, "config": dataclasses.asdict(cfg)},
+            {"step": step, "history": history, "running": running_state, "config": dataclasses.asdict(cfg)},
         )  # fmt: skip
         checkpointing.prune_checkpoints(output, cfg.save_total_limit)
     accelerator.wait_for_everyone()
