@@ -61,8 +61,10 @@ def random_split(config, num_samples: int, seed: int = 0):
 
 
 def measure_steps(preset: str, device: str, batch_size: int, steps: int, overrides: dict) -> dict:
-    """Time `steps` training steps (after 2 warm-up steps) of `preset` on `device`; run it in a fresh process."""
+    """Time `steps` training steps (after 2 warm-up steps) of `preset` on `device`, best in a fresh process (for
+    its own peak memory); in a process that measured another device before, Accelerate's state is reset first."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from training.train import BatchBuilder, TrainConfig, _mixed_precision, _optimizer, build_model_and_processor
 
@@ -70,6 +72,7 @@ def measure_steps(preset: str, device: str, batch_size: int, steps: int, overrid
     rss_after_imports = _max_rss_mb()
     cfg = TrainConfig(preset=preset, batch_size=batch_size, model_overrides=dict(overrides))
     precision = "no" if device == "cpu" else _mixed_precision(cfg.mixed_precision)
+    AcceleratorState._reset_state(reset_partial_state=True)  # else: "AcceleratorState has already been initialized"
     accelerator = Accelerator(mixed_precision=precision, cpu=device == "cpu")
     model, processor = build_model_and_processor(cfg, multi_label=False)
     model, optimizer = accelerator.prepare(model, _optimizer(model, cfg))
@@ -106,7 +109,31 @@ def measure_steps(preset: str, device: str, batch_size: int, steps: int, overrid
     }
     if device == "cuda":
         result["cuda_peak_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    result.update(_flop_rates(step, batch_size, result["samples_per_s"], device))
     return result
+
+
+# Dense bf16 tensor-core peaks (FLOP/s) of the GPUs the project is measured on, from their vendors' data sheets.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
+
+
+def _flop_rates(step, batch_size: int, samples_per_s: float, device: str) -> dict:
+    """FLOPs of one training sample (forward and backward, counted by torch's FlopCounterMode over one step), the
+    rate they run at, and on a GPU of [`PEAK_BF16_FLOPS`] the model FLOP utilisation (MFU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    per_sample = counter.get_total_flops() / batch_size
+    rates = {"train_gflop_per_sample": round(per_sample / 1e9, 3),
+             "achieved_tflop_per_s": round(per_sample * samples_per_s / 1e12, 3)}  # fmt: skip
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        peak = next((value for key, value in PEAK_BF16_FLOPS.items() if key in name), None)
+        if peak is not None:
+            rates["mfu_of_bf16_peak"] = round(per_sample * samples_per_s / peak, 4)
+    return rates
 
 
 def _in_fresh_process(*arguments) -> dict:
@@ -114,12 +141,13 @@ def _in_fresh_process(*arguments) -> dict:
         return pool.submit(measure_steps, *arguments).result()
 
 
-def run(quick: bool = False, batch_size: int = 32) -> dict:
-    """Samples/s and peak memory of FACET-VLM and of the reference for each preset and device, side by side."""
+def run(quick: bool = False, batch_size: int = 32, devices: str | None = None) -> dict:
+    """Samples/s and peak memory of FACET-VLM and of the reference for each preset and device, side by side
+    (`devices`: "cpu", "cuda" or "cpu,cuda"; default every device this machine has)."""
     from modeling_facet import FacetVLMConfig
 
     steps = 3 if quick else 10
-    devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    devices = devices.split(",") if devices else ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
     results = {
         "benchmark": "training",
         "quick": quick,
@@ -147,6 +175,7 @@ def run(quick: bool = False, batch_size: int = 32) -> dict:
 
 def _add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="samples per step (train.py's default: 32)")
+    parser.add_argument("--devices", default=None, help="cpu, cuda or cpu,cuda (default: every device present)")
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ one pixel of the silhouette (at 224 px at least 98% of the union of the masks ag
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -285,6 +286,27 @@ def _compose_channels(channels, pixel, depth_z, normals, rgb, has_rgb, num_image
     return images
 
 
+def _default_device(backend: str, rasterizer: str) -> torch.device:
+    """A GPU for the torch backend when torch sees one and no CPU rasterizer is named; the CPU otherwise, and in a
+    forked process whose parent used CUDA (a dataset preparation worker), where CUDA cannot start again."""
+    gpu = backend == "torch" and rasterizer in ("auto", "cuda") and torch.cuda.is_available()
+    return torch.device("cuda" if gpu and not torch.cuda._is_in_bad_fork() else "cpu")
+
+
+@contextlib.contextmanager
+def _torch_threads(count: Optional[int]):
+    """torch's intra-op threads set to ``count`` inside the block (unchanged for None), restored after it."""
+    previous = torch.get_num_threads()
+    if count is None or count == previous:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 class MultiviewRenderer:
     """Renders face scans as V orthographic views with stacked channels, as float32 arrays (V, C, H, W).
 
@@ -294,11 +316,16 @@ class MultiviewRenderer:
         channels: names from :data:`CHANNEL_WIDTHS`, stacked in this order.
         backend: ``"torch"`` (z-buffer rasterizer, CPU or CUDA, batched over views and scans) or ``"pyrender"``
             (OpenGL through EGL; needs libegl1 libegl-mesa0 libgl1-mesa-dri and PYOPENGL_PLATFORM=egl).
-        device: torch device of the torch backend (default CPU); the pyrender backend runs on the CPU side only.
+        device: torch device of the torch backend; by default a GPU when torch sees one (and this process is not a
+            fork of one that used CUDA), unless a CPU rasterizer is named; the pyrender backend runs on the CPU side.
         rasterizer: the torch backend's rasterizer (:mod:`.rasterization`): ``"auto"`` (compiled on the CPU when
             numba is installed, the numba.cuda kernels on a GPU where numba.cuda works, else vectorised),
             ``"compiled"``, ``"cuda"`` or ``"vectorized"``.
         face_size: robust face radius in the canonical frame, where the image spans [-1, 1].
+        num_threads: torch threads of the torch backend on the CPU while it renders (restored afterwards), or None
+            for the process's setting. One by default: the compiled rasterizer is single-threaded, more threads gain
+            little on the remaining tensor operations, and on a busy machine waiting threads make them ten times slower
+            and more (benchmarks/bench_rendering.py measures both, idle and beside competing processes).
 
     Both backends agree on the same scan within a mean absolute difference below 0.02 in every channel, and their
     foreground masks differ only within one pixel of the silhouette (at 224 px, at least 98% of the masks' union).
@@ -313,6 +340,7 @@ class MultiviewRenderer:
         device=None,
         face_size: float = DEFAULT_FACE_SIZE,
         rasterizer: str = "auto",
+        num_threads: Optional[int] = 1,
     ):
         try:
             self.views = tuple((float(yaw), float(pitch)) for yaw, pitch in views)
@@ -331,11 +359,12 @@ class MultiviewRenderer:
             raise ValueError(f"Unknown render backend {backend!r}; choose from {BACKENDS}")
         if not face_size > 0:
             raise ValueError(f"face_size must be positive, got {face_size}")
-        self.device = torch.device(device if device is not None else "cpu")
+        self.device = torch.device(device if device is not None else _default_device(backend, rasterizer))
         if backend == "pyrender" and self.device.type != "cpu":
             raise ValueError(f"device={device} applies to backend='torch'; the pyrender backend renders with OpenGL")
         resolve_method(rasterizer, self.device)  # fails early on an unknown or unavailable rasterizer
         self.rasterizer = rasterizer
+        self.num_threads = num_threads
         self.image_size = int(image_size)
         self.backend = backend
         self.face_size = float(face_size)
@@ -363,7 +392,8 @@ class MultiviewRenderer:
             split = self.device.type == "cpu" and resolve_method(self.rasterizer, self.device) == "vectorized"
             step = max(1, _CPU_PIXELS_PER_PASS // per_scan) if split else len(meshes)
             passes = [meshes[start : start + step] for start in range(0, len(meshes), step)]
-            parts = [self._images(self._torch_fragments(part), len(part)) for part in passes]
+            with _torch_threads(self.num_threads if self.device.type == "cpu" else None):
+                parts = [self._images(self._torch_fragments(part), len(part)) for part in passes]
             images = parts[0] if len(parts) == 1 else torch.cat(parts)
         return images.reshape(len(meshes), len(self.views), *images.shape[1:]).cpu().numpy()
 

@@ -146,3 +146,64 @@ def test_loss_terms_accumulate_on_the_device_and_are_read_once():
     single_process = SimpleNamespace(reduce=lambda tensor, reduction: tensor)
     assert means.means(single_process) == pytest.approx({name: 3.5 * (i + 1) / 3 for i, name in enumerate(LOSS_TERMS)})
     assert means.steps == 3
+
+
+def test_training_benchmark_measures_the_cpu_after_another_device_in_one_process():
+    from accelerate import Accelerator
+
+    from benchmarks.bench_training import measure_steps
+
+    Accelerator(mixed_precision="bf16", cpu=True)  # as a CUDA measurement leaves the process-wide state
+    result = measure_steps("tiny", "cpu", batch_size=2, steps=1, overrides={})
+    assert result["mixed_precision"] == "no" and result["samples_per_s"] > 0
+
+
+def small_face():
+    from benchmarks.bench_rendering import face_like_scan
+
+    return face_like_scan(rows=8, cols=9)
+
+
+def test_renderer_draws_on_the_cpu_with_one_torch_thread(monkeypatch):
+    from modeling_facet import rendering
+
+    seen = []
+    rasterize = rendering.rasterize
+    monkeypatch.setattr(rendering, "rasterize", lambda *a: seen.append(torch.get_num_threads()) or rasterize(*a))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        one = MultiviewRenderer(image_size=16).render(small_face())
+        process = MultiviewRenderer(image_size=16, num_threads=None).render(small_face())
+        assert seen == [1, 2] and torch.get_num_threads() == 2  # restored after the call
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(one, process)
+
+
+def test_renderer_uses_a_gpu_when_there_is_one(monkeypatch):
+    assert MultiviewRenderer().device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: False)
+    assert MultiviewRenderer().device == torch.device("cuda")
+    # The CPU where asked for: an explicit device or CPU rasterizer, OpenGL, or a fork of a process that used CUDA.
+    assert MultiviewRenderer(device="cpu").device == torch.device("cpu")
+    assert MultiviewRenderer(rasterizer="compiled").device == torch.device("cpu")
+    assert MultiviewRenderer(backend="pyrender").device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "_is_in_bad_fork", lambda: True)
+    assert MultiviewRenderer().device == torch.device("cpu")
+
+
+def test_cpu_jobs_use_the_idle_cores(monkeypatch):
+    from training import cpu_threads
+
+    assert cpu_threads.idle_cores(cores=2, load=0.3) == 2 and cpu_threads.idle_cores(cores=2, load=0.6) == 1
+    assert cpu_threads.idle_cores(cores=2, load=6.0) == 1 and cpu_threads.idle_cores(cores=16, load=3.2) == 13
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(cpu_threads, "idle_cores", lambda: 1)
+    try:
+        assert cpu_threads.use_idle_cores() == 1 and torch.get_num_threads() == 1
+        monkeypatch.setattr(cpu_threads, "idle_cores", lambda: 8)
+        assert cpu_threads.use_idle_cores() == 1  # never more threads than the process had
+    finally:
+        torch.set_num_threads(threads)

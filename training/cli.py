@@ -250,6 +250,9 @@ def main(argv=None):
     args = parse_args(argv)
     from modeling_facet.mesh_io import ScanFormatError
 
+    from training.cpu_threads import use_idle_cores
+
+    use_idle_cores()  # as many torch threads as the machine has idle cores
     try:
         args.handler(args)
     except (ScanFormatError, FileNotFoundError) as error:

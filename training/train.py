@@ -27,6 +27,7 @@ from modeling_facet.rasterization import to_device
 
 from . import checkpointing, divergence, run_folder
 from .config import TrainConfig, add_arguments, config_from_args
+from .cpu_threads import use_idle_cores
 from .data import ExpressionSplit, is_multi_label, load_splits
 from .evaluate_model import compute_metrics, decide, predict, write_metrics
 from .step_log import LOSS_TERMS, LossMeans
@@ -359,6 +360,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_arguments(parser)
     cfg = config_from_args(parser.parse_args(argv))
+    use_idle_cores()  # as many torch threads as the machine has idle cores
     results = cross_validate(cfg) if cfg.cv else train(cfg)
     print(json.dumps({k: v for k, v in results.items() if k != "confusion_matrix"}, indent=2))
 
