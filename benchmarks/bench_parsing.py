@@ -14,7 +14,8 @@ import tempfile
 import numpy as np
 
 from benchmarks.common import benchmark_main, cpu_model, median_ms
-from modeling_facet.mesh_io import load_scan, write_bnt, write_wrl
+from datasets_scripts.scan_writers import write_bnt, write_wrl
+from modeling_facet.mesh_io import load_scan
 
 
 def bu3dfe_mesh(rows: int = 90, cols: int = 89, quads: int = 250, extra_uvs: int = 290) -> dict:

@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from benchmarks.bench_parsing import bu3dfe_mesh  # noqa: E402
 from benchmarks.common import benchmark_main, cpu_model, latency_stats  # noqa: E402
 from modeling_facet import FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor  # noqa: E402
-from modeling_facet.mesh_io import load_scan, write_wrl  # noqa: E402
+from datasets_scripts.scan_writers import write_wrl  # noqa: E402
+from modeling_facet.mesh_io import load_scan  # noqa: E402
 from modeling_facet.pipeline_facet import load_pipeline  # noqa: E402
 
 

@@ -20,7 +20,8 @@ import torch
 from benchmarks.bench_parsing import bu3dfe_mesh
 from benchmarks.common import benchmark_main, cpu_model, median_ms
 from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
-from modeling_facet.mesh_io import load_scan, write_wrl
+from datasets_scripts.scan_writers import write_wrl
+from modeling_facet.mesh_io import load_scan
 
 
 BATCH_SIZE = 8

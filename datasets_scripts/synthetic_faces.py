@@ -29,10 +29,11 @@ from typing import Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from modeling_facet.mesh_io import FaceScan, write_bnd, write_wrl
+from modeling_facet.mesh_io import FaceScan
 
 from .bu_codes import BU4DFE_FOLDERS, BU4DFE_LANDMARK_DIR, RACE_CODES
 from .bu_codes import EXPRESSION_CODES as EXPRESSIONS
+from .scan_writers import write_bnd, write_wrl
 
 
 AU_LIST = (1, 2, 4, 5, 6, 7, 9, 10, 12, 15, 16, 17, 20, 23, 24, 25, 26, 27)

@@ -18,7 +18,7 @@ from app.inference import view_pictures
 from app.inputs import UploadError, load_upload
 from app.mesh_viewer import viewer_html, viewer_mesh
 from app.settings import APP_SCRIPT, AppSettings, streamlit_command
-from modeling_facet.mesh_io import write_wrl
+from datasets_scripts.scan_writers import write_wrl
 from modeling_facet.pipeline_facet import load_pipeline
 from tests.test_pipeline import face_mesh, save_tiny_model
 from training.cli import main

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modeling_facet.mesh_io import write_wrl
+from datasets_scripts.scan_writers import write_wrl
 from tests.test_app import DEFAULT_LABELS
 from tests.test_pipeline import face_mesh, save_tiny_model
 

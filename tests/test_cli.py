@@ -3,7 +3,7 @@
 import numpy as np
 from PIL import Image
 
-from modeling_facet.mesh_io import write_wrl
+from datasets_scripts.scan_writers import write_wrl
 from tests.test_pipeline import face_mesh
 from training.cli import main
 

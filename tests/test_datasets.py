@@ -22,7 +22,8 @@ from datasets_scripts.fourdme import EMOTIONS_4DME, FourDME
 from datasets_scripts.protocols import BP4D_PARTS, bu3dfe_folds
 from datasets_scripts.synthetic import SyntheticFaces
 from datasets_scripts.synthetic_faces import AU_NAMES, SyntheticConfig, SyntheticFaceGenerator, write_bu4dfe_tree
-from modeling_facet.mesh_io import ScanFormatError, write_bnd, write_bnt, write_lm3, write_wrl
+from datasets_scripts.scan_writers import write_bnd, write_bnt, write_lm3, write_wrl
+from modeling_facet.mesh_io import ScanFormatError
 
 
 EMOTIONS = ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from datasets_scripts.scan_writers import write_bnd, write_bnt, write_lm2, write_lm3, write_wrl
 from modeling_facet.mesh_io import (
     FaceScan,
     FaceSequence,
@@ -19,11 +20,6 @@ from modeling_facet.mesh_io import (
     load_scan,
     load_sequence,
     read_bnt_grid,
-    write_bnd,
-    write_bnt,
-    write_lm2,
-    write_lm3,
-    write_wrl,
 )
 
 

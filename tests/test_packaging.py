@@ -111,3 +111,12 @@ def test_the_remote_code_names_pillow_when_it_is_missing():
     assert "pip install pillow trimesh" in result.stdout
     card = (ROOT / "model_card.md").read_text()
     assert "pip install pillow trimesh" in card
+
+
+def test_the_file_writers_stay_out_of_the_remote_code():
+    # The byte-exact writers serve the synthetic data, the benchmarks and the tests, not a published model.
+    from datasets_scripts import scan_writers
+    from modeling_facet import mesh_io
+
+    assert not [name for name in vars(mesh_io) if name.startswith("write_")]
+    assert {"write_wrl", "write_bnt", "write_bnd", "write_lm3", "write_lm2"} <= set(vars(scan_writers))

@@ -14,7 +14,8 @@ import trimesh
 from transformers import pipeline
 
 from modeling_facet import FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor
-from modeling_facet.mesh_io import FaceScan, FaceSequence, ScanFormatError, write_wrl
+from datasets_scripts.scan_writers import write_wrl
+from modeling_facet.mesh_io import FaceScan, FaceSequence, ScanFormatError
 from modeling_facet.pipeline_facet import TASK, ZeroShotFacialExpressionClassificationPipeline, load_pipeline, save_for_hub
 from training.cli import main
 

@@ -15,7 +15,8 @@ from transformers import AutoProcessor, BertTokenizer, CLIPTokenizer
 
 from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor
 from modeling_facet.configuration_facet import installed_minilm_path
-from modeling_facet.mesh_io import FaceScan, FaceSequence, ScanFormatError, write_wrl
+from datasets_scripts.scan_writers import write_wrl
+from modeling_facet.mesh_io import FaceScan, FaceSequence, ScanFormatError
 from modeling_facet.prompts import EXPRESSION_TEMPLATES
 
 
