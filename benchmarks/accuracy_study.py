@@ -9,7 +9,7 @@ the test and train metric over the (fold, seed) runs, and the paired difference 
 interval over those pairs: a part whose interval does not exclude zero has "no measurable effect".
 
 Rows: FACET-VLM with every part; without CVSA (mean of the views); without MTGF; without L_cons; without L_gf; a
-single frontal view; 5 views (yaw 0, +-20, +-40); with mixed view augmentation; the baselines of
+single frontal view; 5 views (yaw 0, +-20, +-40); with mixed view augmentation; with view occlusion; the baselines of
 benchmarks/baselines.py (frontal depth map + logistic regression, a depth-map CNN, MVCNN); 4D (BU-4DFE-layout
 synthetic sequences); action units (multi-label, mean F1); and zero-shot labels: trained with the synonyms in
 `ZERO_SHOT_WORDS` kept out of the augmented prompts, then tested with those synonyms as the class names.
@@ -79,6 +79,8 @@ ROWS = (
     StudyRow("five_views", "5 views: yaw 0, +-20, +-40 (V = 5)", overrides={"views": FIVE_VIEWS}),
     StudyRow("view_augmentation", "with mixed view augmentation (off in the recipe)",
              training_overrides={"augment_views": True}),
+    StudyRow("view_occlusion", "with view occlusion in training (a quarter of the samples lose one view)",
+             training_overrides={"occlude_views": 0.25}),
     StudyRow("depth_logreg", "baseline: frontal depth map + logistic regression", kind="depth_logreg"),
     StudyRow("depth_cnn", "baseline: CNN on one 64x64 frontal depth map", kind="depth_cnn"),
     StudyRow("mvcnn", "baseline: MVCNN (shared CNN per view, mean of view logits)", kind="mvcnn"),

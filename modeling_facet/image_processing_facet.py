@@ -235,6 +235,21 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         augmented = (images - self.image_mean) / self.image_std
         return augmented[:, 0] if static else augmented
 
+    def occlude_views(self, pixel_values: torch.Tensor, probability: float, seed=None) -> torch.Tensor:
+        """With `probability`, blank one random view of a sample (every frame of it) to the background value, as a
+        scanner hole or an occluder would: a reason for CVSA to weight the views. `pixel_values` are normalised,
+        (B, V, C, H, W) or (B, T, V, C, H, W); a single view is never blanked. Deterministic under `seed`."""
+        views = pixel_values.shape[-4]
+        if probability <= 0 or views < 2:
+            return pixel_values
+        rng = np.random.default_rng(seed)
+        batch = pixel_values.shape[0]
+        chosen = rng.integers(0, views, batch)
+        blanked = (rng.random(batch) < probability)[:, None] & (np.arange(views)[None] == chosen[:, None])
+        mask = to_device(blanked, pixel_values.device, torch.bool)
+        mask = mask.view(batch, *(1,) * (pixel_values.dim() - 5), views, 1, 1, 1)
+        return pixel_values.masked_fill(mask, -self.image_mean / self.image_std)
+
     def _turn_normals(self, images: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
         """Applies each image's in-plane rotation / mirror `linear` (N, 2, 2) to its surface-normal channels."""
         if "normals" not in self.channels:

@@ -322,3 +322,21 @@ def test_small_preset_uses_the_minilm_wordpiece_tokenizer():
     assert config.text_config.pad_token_id == processor.tokenizer.pad_token_id == 0
     ids = processor(labels=["happiness"], hypothesis_template="a person looking {}")["input_ids"][0, 0].tolist()
     assert processor.tokenizer.convert_ids_to_tokens(ids) == ["[CLS]", "a", "person", "looking", "happy", "[SEP]"]
+
+
+def test_view_occlusion_blanks_whole_views_of_some_samples():
+    """Training-time view occlusion: with probability p a sample loses one view (set to the background value), so
+    CVSA has a reason to weight the views; deterministic under its seed, and never a sample's last view."""
+    processor = FacetMeshImageProcessor(views=[[0, 0], [20, 0], [-20, 0]], image_size=8, channels=["depth"])
+    pixels = torch.randn(200, 3, 1, 8, 8)
+    occluded = processor.occlude_views(pixels, probability=0.5, seed=3)
+    background = -processor.image_mean / processor.image_std
+    blank = (occluded == background).flatten(2).all(-1)  # (N, V)
+    assert 70 <= int(blank.any(1).sum()) <= 130 and int(blank.sum(1).max()) == 1
+    kept = ~blank
+    torch.testing.assert_close(occluded[kept], pixels[kept])
+    torch.testing.assert_close(processor.occlude_views(pixels, probability=0.5, seed=3), occluded)
+    torch.testing.assert_close(processor.occlude_views(pixels, probability=0.0, seed=3), pixels)
+    sequences = torch.randn(4, 5, 3, 1, 8, 8)
+    blank = (processor.occlude_views(sequences, probability=1.0, seed=0) == background).flatten(3).all(-1)
+    assert (blank.sum(-1) == 1).all() and (blank == blank[:, :1]).all()  # one view per sample, for every frame

@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 42  # the model's initialisation, the data order, augmentation and dropout
     data_seed: int = 42  # the protocol folds and the synthetic people: fixed while `seed` varies
     augment_views: bool = True
+    occlude_views: float = 0.0  # probability that a training sample loses one view (blanked), for CVSA to weigh
     augment_prompts: bool = True
     exclude_words: list = field(default_factory=list)
     eval_every_epoch: bool = False

@@ -85,6 +85,10 @@ class BatchBuilder:
             batch["pixel_values"] = self.processor.image_processor.augment_pixel_values(
                 batch["pixel_values"], seed=step_seed
             )
+        if self.cfg.occlude_views:
+            batch["pixel_values"] = self.processor.image_processor.occlude_views(
+                batch["pixel_values"], self.cfg.occlude_views, seed=[step_seed, 1]
+            )
         batch.update(self.class_inputs)
         if self.cfg.augment_prompts and not self.split.multi_label:
             prompts = self.processor(
