@@ -1,8 +1,8 @@
 """Scan parsing speed: ``load_scan`` on a BU-3DFE-size ``.wrl`` and a Bosphorus-size ``.bnt`` against plain readers.
 
 The ``.wrl`` reference is a naive regex + per-number ``float()`` reader like the public BU-3DFE readers; the
-``.bnt`` reference is the plain numpy reader of datasets.md §1.4 (it only reads the planes, ``load_scan`` also
-triangulates the valid grid). Usage: ``python -m benchmarks.bench_parsing --output FILE.json [--quick]``.
+``.bnt`` reference is a plain numpy reader of the layout ``write_bnt`` documents (it only reads the planes,
+``load_scan`` also triangulates the valid grid). Usage: ``python -m benchmarks.bench_parsing --output FILE.json [--quick]``.
 """
 
 import os
@@ -70,7 +70,7 @@ def naive_wrl_reader(path: str) -> tuple:
 
 
 def reference_bnt_reader(path: str) -> dict:
-    """The plain numpy reader of datasets.md §1.4."""
+    """A plain numpy reader of the ``.bnt`` layout (datasets_scripts/scan_writers.py: ``write_bnt``)."""
     with open(path, "rb") as handle:
         data = handle.read()
     nrows, ncols = struct.unpack_from("<HH", data, 0)

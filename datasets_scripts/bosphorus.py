@@ -1,6 +1,6 @@
 """The Bosphorus 3D face database as a ``datasets`` builder.
 
-Expected layout (datasets.md §1.2-1.3): ``<data_dir>/bs000/bs000_E_ANGER_0.bnt`` with the siblings ``.lm3``
+Expected layout: ``<data_dir>/bs000/bs000_E_ANGER_0.bnt`` with the siblings ``.lm3``
 (3D landmarks, optional), ``.lm2`` and ``.png``; stems are ``<subject>_<class>_<code>_<sample>``. One example per
 ``.bnt`` scan; ``IGN`` scans are skipped; a stem that has sibling files but no ``.bnt`` is an error.
 

@@ -1,12 +1,12 @@
 """BP4D-Spontaneous as a ``datasets`` builder for AU detection (12 AUs) and cross-dataset expression tests.
 
-Expected layout (datasets.md §4.2)::
+Expected layout::
 
     <data_dir>/Sequences(2D+3D)/<Subj>/<Task>/0000.obj ...   # F001..F023, M001..M018; T1..T8; 3 or 4 digit names
     <data_dir>/AUCoding/AU_OCC/<Subj>_<Task>.csv              # required for every sequence
     <data_dir>/3DFeatures/<Subj>/<Task>/0000.tbnd ...         # 83 tracked landmarks, optional
 
-AU occurrence (§4.6): the CSV header is ``0,1,...,99``; column 0 is the 1-based video frame and column k is AU k,
+AU occurrence: the CSV header is ``0,1,...,99``; column 0 is the 1-based video frame and column k is AU k,
 with 0 absent, 1 present and 9 unknown; rows need not start at frame 1; CRLF and LF are both read. Mesh frame N
 is AU frame N + 1. Targets are the 12 AUs of :data:`BP4D_AUS`: ``aus`` is 1 where an AU is present and 0
 otherwise, and ``au_mask`` is 0 where the code is 9 (unknown), so a masked loss ignores those entries (the 12 AUs
@@ -53,7 +53,7 @@ from .protocols import BP4D_PARTS, bp4d_folds
 
 logger = logging.getLogger(__name__)
 
-# Target emotion of each task (§4.1) for cross-dataset expression tests; -1 (no label) for T4 and T6.
+# Target emotion of each task (the BP4D-Spontaneous paper's task list) for cross-dataset expression tests; -1 (no label) for T4 and T6.
 TASK_EXPRESSIONS = {
     "T1": "happiness", "T2": "sadness", "T3": "surprise", "T4": -1, "T5": "fear", "T6": -1, "T7": "anger", "T8": "disgust",
 }  # fmt: skip

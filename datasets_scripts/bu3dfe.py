@@ -1,6 +1,6 @@
 """BU-3DFE (Binghamton University 3D Facial Expression database, static) as a ``datasets`` builder.
 
-Expected layout (datasets.md §2.2-2.3): ``<data_dir>/F0001/F0001_AN01WH_F3D.wrl`` with the sibling ``_F3D.bnd``
+Expected layout: ``<data_dir>/F0001/F0001_AN01WH_F3D.wrl`` with the sibling ``_F3D.bnd``
 (83 landmarks, optional), ``_F3D.bmp``, ``_F2D.bmp``, ``_RAW.wrl`` and ``_RAW.pse``. One example per ``_F3D.wrl``
 model; the other files are ignored, but a model that has some of its files and no ``_F3D.wrl`` is an error.
 

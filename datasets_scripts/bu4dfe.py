@@ -1,6 +1,6 @@
 """BU-4DFE (Binghamton 3D dynamic facial expressions) as a ``datasets`` builder.
 
-Expected layout (datasets.md §3.2-3.3)::
+Expected layout::
 
     <data_dir>/F001/Angry/000.wrl 000.jpg 001.wrl ...     # folders Angry Disgust Fear Happy Sad Surprise
     <data_dir>/BU4DFE_BND_V1.1/F001/Angry/000.bnd ...     # the landmark release, optional (or landmark_dir=...)

@@ -1,6 +1,6 @@
 """4DME (4D spontaneous micro-expressions, Li et al., IEEE TAC 2022) as a ``datasets`` builder.
 
-The owners' on-disk layout is not public (datasets.md §5), so this builder reads the following layout, into which
+The owners' on-disk layout is not public, so this builder reads the following layout, into which
 a licensed copy must be arranged::
 
     <data_dir>/labels.csv                      # one row per clip, comma-separated, header row required

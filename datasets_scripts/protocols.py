@@ -26,7 +26,7 @@ import numpy as np
 STANDARD_NUM_FOLDS = 10
 STANDARD_NUM_SUBJECTS = 60
 
-# The fixed subject parts of the BP4D 12-AU protocol (CVI-SZU/ME-GraphAU, datasets.md §4.8).
+# The fixed subject parts of the BP4D 12-AU protocol (github.com/CVI-SZU/ME-GraphAU).
 BP4D_PARTS = (
     ("F001", "M007", "F018", "F008", "F002", "M004", "F010", "F009", "M012", "M001", "F016", "M014", "F023", "M008"),
     ("M011", "F003", "M010", "M002", "F005", "F022", "M018", "M017", "F013", "M016", "F020", "F011", "M013", "M005"),

@@ -2,7 +2,7 @@
 
 `FakeHub` runs a stdlib `http.server` on 127.0.0.1 (a free port) in a daemon thread and implements the endpoints the
 real `huggingface_hub` client uses to create repositories and branches, commit files, list them, read repository
-info and download files (hf-stack.md §7). Point a process at it with `HF_ENDPOINT=hub.url`, set before the HF
+info and download files. Point a process at it with `HF_ENDPOINT=hub.url`, set before the HF
 libraries are imported. Every request is logged in `hub.requests` for assertions.
 
 Files are accepted only as "regular" (base64 in the commit payload): LFS / xet uploads, real authentication (any

@@ -66,7 +66,7 @@ ALL_MODELS = [("NE", 0)] + [(code, level) for code in ("AN", "DI", "FE", "HA", "
 
 
 def write_bu3dfe(root, races=BU3DFE_RACES, models=ALL_MODELS):
-    """The §2.2 tree: per model the _F3D.wrl (template writer), its _F3D.bnd and a _RAW.pse; plus a stray file."""
+    """A BU-3DFE tree (bu3dfe.py's layout): per model the _F3D.wrl (template writer), its _F3D.bnd and a _RAW.pse; plus a stray file."""
     vertices, faces = tiny_face()
     for subject, race in races.items():
         folder = root / subject
@@ -293,7 +293,7 @@ FULL_SESSION = ["N_N_0", "N_N_1", *EMOTION_STEMS, "LFAU_12L_0", "UFAU_2_0", "CAU
 
 
 def write_bosphorus_scan(folder, stem, nrows=6, ncols=5):
-    """The §1.4 fixture recipe on a small grid (border invalid), with its .lm3 and 6x-size PNG."""
+    """The bnt_grid fixture of test_mesh_io.py on a small grid (border invalid), with its .lm3 and 6x-size PNG."""
     r, c = np.mgrid[0:nrows, 0:ncols]
     x, y = np.round(-16 + 8.0 * c, 3), np.round(-20 + 8.0 * r, 3)
     z = np.round(25 * np.exp(-(x**2 + y**2) / 300), 3)
@@ -396,7 +396,7 @@ FOLDER_EMOTIONS = {"Angry": "anger", "Happy": "happiness", "Sad": "sadness", "Su
 
 
 def write_bu4dfe(root, frames=BU4DFE_FRAMES):
-    """The §3.2 tree (NNN.wrl + NNN.jpg, the viewer folder) and a partial BU4DFE_BND_V1.1 release."""
+    """A BU-4DFE tree (bu4dfe.py's layout: NNN.wrl + NNN.jpg, the viewer folder) and a partial BU4DFE_BND_V1.1 release."""
     vertices, faces = tiny_face()
     uv = vertices[:, :2] / 100 + 0.5
     for (subject, expression), count in frames.items():
@@ -483,7 +483,7 @@ CODED_AUS = (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 22
 
 
 def write_au_csv(path, first_frame, num_rows, newline):
-    """§4.6: header 0..99, frame column, 9 in never-coded columns; AU1 on, AU2 unknown in row 2, AU12 on in row 3."""
+    """An AU_OCC file (bp4d.py's format): header 0..99, frame column, 9 in never-coded columns; AU1 on, AU2 unknown in row 2, AU12 on in row 3."""
     table = np.full((num_rows, 100), 9, dtype=int)
     table[:, 0] = np.arange(first_frame, first_frame + num_rows)
     table[:, list(CODED_AUS)] = 0

@@ -31,7 +31,7 @@ LM_NAMES = ["Outer left eyebrow", "Nose tip", "Chin middle"]
 
 
 def bnt_grid(nrows=12, ncols=10, z_only_invalid=(5, 4), border=True):
-    """The §1.4 fixture recipe: x = x0 + 0.76c, y = y0 + 0.76r (row 0 at the bottom), a bump for z, exact u/v."""
+    """A Bosphorus-like grid: x = x0 + 0.76c, y = y0 + 0.76r (row 0 at the bottom), a bump for z, exact u/v."""
     r, c = np.mgrid[0:nrows, 0:ncols]
     x = np.round(-3.8 + 0.76 * c, 3)
     y = np.round(-4.56 + 0.76 * r, 3)

@@ -186,7 +186,7 @@ def test_collator_augmentation_and_prompts():
         FacetDataCollator(processor, ["anger"])([{"pixel_values": torch.zeros(3, 5, 32, 32)}])
 
 
-# Both launchers hf-stack.md section 8 found to start two gloo processes on a CPU-only machine (`accelerate launch
+# Both launchers start two gloo processes on a CPU-only machine (`accelerate launch
 # --cpu --num_processes 2` silently starts one).
 LAUNCHERS = {
     "torchrun": ["torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"],
