@@ -1,4 +1,9 @@
-"""The `facet-vlm` command line: demo, train, evaluate, predict, render, inspect, app, publish, bench."""
+"""The `facet-vlm` command line: demo, train, evaluate, predict, render, inspect, app, publish, bench.
+
+An error of the input, of files or of the network ends the command with one line on stderr naming the input and the
+problem, and a non-zero exit (2; 1 when the Hub cannot be reached); FACET_VLM_TRACEBACK=1 shows the traceback
+instead. Any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -36,6 +41,7 @@ def _render(args):
     from modeling_facet.mesh_io import load_scan
     from modeling_facet.rendering import MultiviewRenderer
 
+    _check_image_output(args.output)
     views = [tuple(float(v) for v in view.split(",")) for view in args.views]
     renderer = MultiviewRenderer(views=views, image_size=args.size, channels=args.channels, backend=args.backend)
     images = renderer.render(load_scan(args.file, landmarks=True))  # (V, C, H, W) in [0, 1]
@@ -54,6 +60,18 @@ def _render(args):
     names = [name if len(_IMAGE_CHANNEL_LABELS[name]) == 1 else
              f"{name} " + "/".join(label.split(".")[1] for label in _IMAGE_CHANNEL_LABELS[name]) for name in args.channels]
     print(f"Wrote {args.output}: {len(views)} views (rows) x {len(columns)} image channels (columns: {', '.join(names)}).")
+
+
+def _check_image_output(path: str) -> None:
+    """Refuses, before any rendering, an output whose folder is missing or whose extension PIL cannot write."""
+    from PIL import Image
+
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{folder}: no such folder for --output {path}")
+    extension = os.path.splitext(path)[1].lower()
+    if extension not in Image.registered_extensions():
+        raise ValueError(f"{path}: unsupported image type {extension or '(none)'!r}; use .png, .jpg or .tif")
 
 
 def _train(args):
@@ -79,7 +97,7 @@ def _demo(args):
     from training.demo import run_demo
 
     run_demo(args.output, num_subjects=args.subjects, epochs=args.epochs, cache_dir=args.cache_dir,
-             keep_cache=args.keep_cache)  # fmt: skip
+             keep_cache=args.keep_cache, overwrite_output=args.overwrite_output)  # fmt: skip
 
 
 def _label_list(text):
@@ -91,12 +109,32 @@ def _label_list(text):
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+def _model_source(model: str) -> str:
+    """`model` when it is a saved model folder or can only be a Hub repo id; a missing or empty folder raises an error
+    saying so (transformers would call it an invalid repo id)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise FileNotFoundError(f"{model}: not a model folder (no config.json)")
+        return model
+    if os.path.exists(model):
+        raise NotADirectoryError(f"{model}: a file, not a model folder")
+    try:
+        validate_repo_id(model)
+    except HFValidationError:
+        raise FileNotFoundError(f"{model}: no such model folder (nor a Hub repo id)") from None
+    if os.path.isdir(os.path.dirname(model)):
+        raise FileNotFoundError(f"{model}: no such model folder")
+    return model
+
+
 def _predict(args):
     from modeling_facet.pipeline_facet import load_pipeline
 
     options = dict(candidate_labels=args.labels, top_k=args.top_k, multi_label=args.multi_label,
                    return_view_weights=args.view_weights or None, hypothesis_template=args.hypothesis_template)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(_model_source(args.model))
     results = pipe(list(args.files), batch_size=args.batch_size,
                    **{key: value for key, value in options.items() if value is not None})  # fmt: skip
     if args.json:
@@ -159,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--epochs", type=int, default=None, help="training epochs (default: the demo recipe's)")
     demo.add_argument("--cache-dir", help="data cache, kept (default: OUTPUT/cache, about 2.9 GB, removed at the end)")
     demo.add_argument("--keep-cache", action="store_true", help="keep OUTPUT/cache for another run")
+    demo.add_argument("--overwrite-output", action="store_true", help="replace a run with other settings in OUTPUT")
     demo.set_defaults(handler=_demo)
 
     train = commands.add_parser("train", help="Train FACET-VLM (Accelerate); see training/train.py.")
@@ -248,16 +287,37 @@ def main(argv=None):
     # that spinning made training steps 3-9x slower here. It only takes effect before torch is first imported.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = parse_args(argv)
-    from modeling_facet.mesh_io import ScanFormatError
-
     from training.cpu_threads import use_idle_cores
 
     use_idle_cores()  # as many torch threads as the machine has idle cores
     try:
         args.handler(args)
-    except (ScanFormatError, FileNotFoundError) as error:
-        print(f"facet-vlm {args.command}: {error}", file=sys.stderr)
-        raise SystemExit(2) from error
+    except Exception as error:
+        message, code = _user_error(error)
+        if message is None or os.environ.get("FACET_VLM_TRACEBACK"):
+            raise
+        print(f"facet-vlm {args.command}: {message}", file=sys.stderr)
+        raise SystemExit(code) from error
+
+
+def _network_errors() -> tuple:
+    """Connection errors, including those of the HTTP clients huggingface_hub may use, where they are loaded."""
+    classes = [ConnectionError]
+    for module, name in (("httpx2", "TransportError"), ("httpx", "TransportError"), ("requests", "ConnectionError")):
+        if module in sys.modules:
+            classes.append(getattr(sys.modules[module], name))
+    return tuple(classes)
+
+
+def _user_error(error: Exception) -> tuple:
+    """`(one-line message, exit code)` for an error of the input, files or network (the typed errors of the package
+    are ValueErrors, OSErrors or FloatingPointErrors that name their file), or `(None, None)` for a bug."""
+    text = " ".join(str(error).split())
+    if isinstance(error, _network_errors()):
+        return f"cannot reach the Hugging Face Hub ({type(error).__name__}: {text})", 1
+    if isinstance(error, (ValueError, OSError, FloatingPointError)):
+        return text, 2
+    return None, None
 
 
 if __name__ == "__main__":

@@ -17,13 +17,15 @@ from .train import train
 DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
-def demo_config(output, num_subjects: int = 100, epochs: int | None = None, cache_dir=None) -> TrainConfig:
+def demo_config(output, num_subjects: int = 100, epochs: int | None = None, cache_dir=None,
+                overwrite_output: bool = False) -> TrainConfig:  # fmt: skip
     """The demo recipe of training/configs/demo.yaml (synthetic BU-3DFE-layout faces, 5 subject-independent folds,
     fold 0 holding 20 % of the subjects out, every intensity in training, intensities 3-4 in the test split as in
     BU-3DFE's standard protocol), written to `output`, with its data cache in `cache_dir` (default `output/cache`)."""
     output = Path(output)
     cache_dir = output / "cache" if cache_dir is None else cache_dir
-    overrides = dict(output=str(output), cache_dir=str(cache_dir), synthetic_subjects=num_subjects)
+    overrides = dict(output=str(output), cache_dir=str(cache_dir), synthetic_subjects=num_subjects,
+                     overwrite_output=overwrite_output)  # fmt: skip
     if epochs:
         overrides["epochs"] = epochs
     return TrainConfig.from_yaml(DEMO_CONFIG, **overrides)
@@ -66,11 +68,12 @@ def folder_bytes(folder) -> int:
 
 
 def run_demo(output="outputs/demo", num_subjects: int = 100, epochs: int | None = None, cache_dir=None,
-             keep_cache: bool = False) -> dict:  # fmt: skip
+             keep_cache: bool = False, overwrite_output: bool = False) -> dict:  # fmt: skip
     """Runs the main job into `output`. The data cache (generated scans and rendered views, about 2.9 GB for 100
     subjects) goes to `cache_dir`, default `output/cache`, which is removed at the end unless `keep_cache`; a
-    `cache_dir` of the caller's is always kept."""
-    cfg = demo_config(output, num_subjects, epochs, cache_dir)
+    `cache_dir` of the caller's is always kept. `output` may hold an earlier demo run with other settings only with
+    `overwrite_output` (training/run_folder.py)."""
+    cfg = demo_config(output, num_subjects, epochs, cache_dir, overwrite_output)
     print(f"FACET-VLM demo: generating {num_subjects} synthetic people and rendering their views into {cfg.cache_dir} "
           f"(once), then training and evaluating into {cfg.output}.", flush=True)  # fmt: skip
     metrics = train(cfg)
