@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from datasets.exceptions import DatasetGenerationError
 
-from modeling_facet.image_processing_facet import DEFAULT_NUM_FRAMES, FacetMeshImageProcessor
+from modeling_facet.image_processing_facet import DEFAULT_NUM_FRAMES, FacetMeshImageProcessor, pad_frames
 from modeling_facet.mesh_io import FaceSequence, ScanFormatError, load_landmarks, load_scan
 from modeling_facet.prompts import EMOTIONS, EXPRESSIONS
 from modeling_facet.render_settings import DEFAULT_CHANNELS, DEFAULT_VIEWS, channel_count
@@ -426,10 +426,9 @@ class FacetBuilder(datasets.GeneratorBasedBuilder):
         pixels = np.asarray(outputs["pixel_values"], dtype=np.float32)
         if not self._is_sequence():
             return [{"pixel_values": pixel} for pixel in pixels]
-        padding = processor.num_frames - pixels.shape[1]
-        pixels = np.pad(pixels, [(0, 0), (0, padding)] + [(0, 0)] * (pixels.ndim - 2))
-        masks = np.pad(np.asarray(outputs["frame_mask"], dtype=bool), [(0, 0), (0, padding)])
-        return [{"pixel_values": pixel, "frame_mask": mask.tolist()} for pixel, mask in zip(pixels, masks)]
+        masks = torch.as_tensor(np.asarray(outputs["frame_mask"], dtype=bool))
+        pixels, masks = pad_frames(torch.from_numpy(pixels)[masks], masks.sum(dim=1), processor.num_frames)
+        return [{"pixel_values": pixel, "frame_mask": mask.tolist()} for pixel, mask in zip(pixels.numpy(), masks)]
 
     def _with_pixels(self, batch: list, processor, bad_files: list) -> list:
         """Add the rendered views to ``(example, render input)`` pairs; a scan the renderer rejects stops

@@ -35,6 +35,18 @@ _SUPPORTED_INPUTS = (
 )
 
 
+def pad_frames(frames: torch.Tensor, lengths, length: int | None = None) -> tuple:
+    """`(padded, frame_mask)`: the frames of several sequences, concatenated along the first axis (`lengths[i]` of
+    sequence i), zero-padded into (B, T, ...) with T = `length` (default: the longest), and the boolean (B, T)
+    `frame_mask`, False on padding."""
+    lengths = torch.as_tensor(lengths)
+    length = int(lengths.max()) if length is None else int(length)
+    frame_mask = torch.arange(length)[None, :] < lengths[:, None]
+    padded = frames.new_zeros((len(lengths), length, *frames.shape[1:]))
+    padded[frame_mask] = frames
+    return padded, frame_mask
+
+
 def _describe(item) -> str:
     """A one-line description of an input for error messages."""
     if hasattr(item, "shape"):
@@ -300,9 +312,7 @@ class FacetMeshImageProcessor(BaseImageProcessor):
                 frame_lists.append([item])
         lengths = [len(frames) for frames in frame_lists]
         rendered = torch.from_numpy(self.renderer.render_batch([frame for frames in frame_lists for frame in frames]))
-        images = rendered.new_zeros((len(items), max(lengths)) + tuple(rendered.shape[1:]))
-        frame_mask = torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]
-        images[frame_mask] = rendered
+        images, frame_mask = pad_frames(rendered, lengths)
         if augment:
             images = self.augment_views(images, rng)
         pixel_values = (images - self.image_mean) / self.image_std
@@ -315,4 +325,4 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
-__all__ = ["FacetMeshImageProcessor"]
+__all__ = ["FacetMeshImageProcessor", "pad_frames"]

@@ -20,6 +20,7 @@ from transformers import AutoModelForZeroShotImageClassification, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY, pipeline
 from transformers.pipelines.pt_utils import PipelineDataset, PipelineIterator
 
+from .image_processing_facet import pad_frames
 from .mesh_io import FaceScan, FaceSequence
 from .prompts import check_templates, default_templates
 
@@ -72,10 +73,8 @@ def collate_scans(items: list) -> dict:
     if not any("frame_mask" in item for item in items):
         return {"pixel_values": torch.cat([item["pixel_values"] for item in items])}
     sequences = [item["pixel_values"] if "frame_mask" in item else item["pixel_values"].unsqueeze(1) for item in items]
-    lengths = torch.tensor([sequence.shape[1] for sequence in sequences])
-    pixel_values = sequences[0].new_zeros((len(items), int(lengths.max()), *sequences[0].shape[2:]))
-    frame_mask = torch.arange(pixel_values.shape[1])[None, :] < lengths[:, None]
-    pixel_values[frame_mask] = torch.cat([sequence[0] for sequence in sequences])
+    frames = torch.cat([sequence[0] for sequence in sequences])
+    pixel_values, frame_mask = pad_frames(frames, [sequence.shape[1] for sequence in sequences])
     return {"pixel_values": pixel_values, "frame_mask": frame_mask}
 
 

@@ -340,3 +340,13 @@ def test_view_occlusion_blanks_whole_views_of_some_samples():
     sequences = torch.randn(4, 5, 3, 1, 8, 8)
     blank = (processor.occlude_views(sequences, probability=1.0, seed=0) == background).flatten(3).all(-1)
     assert (blank.sum(-1) == 1).all() and (blank == blank[:, :1]).all()  # one view per sample, for every frame
+
+
+def test_pad_frames_pads_sequences_and_masks_the_padding():
+    from modeling_facet.image_processing_facet import pad_frames
+
+    frames = torch.arange(5.0).view(5, 1)  # a 2-frame and a 3-frame sequence, concatenated
+    padded, frame_mask = pad_frames(frames, [2, 3])
+    assert padded.shape == (2, 3, 1) and padded[0, :, 0].tolist() == [0, 1, 0] and padded[1, :, 0].tolist() == [2, 3, 4]
+    assert frame_mask.tolist() == [[True, True, False], [True, True, True]]
+    assert pad_frames(frames, [2, 3], length=4)[1].tolist() == [[True, True, False, False], [True, True, True, False]]
