@@ -11,6 +11,20 @@ Nuisance factors make the benchmark hard, each a knob of :class:`SyntheticConfig
 nose tip, scanner noise and spikes, holes, crop extent and mesh density. ``SyntheticConfig().clean()`` switches
 the acquisition nuisances off.
 
+People vary as in real scans, again each a knob:
+
+* identity confounds expression: every subject's neutral face carries a resting expression (its own AU fields
+  with random weights: a face that looks a bit sad or angry at rest). :func:`identity_subspace_fraction`
+  measures how much of each expression then lies in the identity subspace (88-92 % in a real face model);
+* intensities are person-specific: an overall gain, per-AU gains, and a floor and ceiling of intensity;
+* AUs act asymmetrically (per-subject left/right gains) and pull in their usual partners (AU6 with AU12...);
+* prototypes overlap as in the EMFACS variants: anger, fear and sadness share AU4, fear and sadness AU1;
+* two shape families (``shape_family``: feature placement, bump basis, triangulation) and the mesh density
+  let one pretrain on one generator and test on a clearly different one (``SyntheticConfig.transfer_target()``).
+
+No texture is written: the BU-3DFE writer supports texture coordinates and an image name, but an image per scan
+and a texture coordinate per vertex would make writing (the bulk of generation time) markedly slower.
+
 Every random draw comes from a numpy ``SeedSequence`` keyed by (seed, purpose, subject, expression, intensity), so
 a scan does not depend on what else was generated, or in which order.
 """
@@ -45,15 +59,24 @@ RACES = tuple(RACE_CODES)
 _RACE_WEIGHTS = np.array([51, 9, 24, 2, 6, 8], dtype=np.float64) / 100.0  # BU-3DFE subject counts
 LABELS_FILENAME = "synthetic_labels.csv"
 
-# EMFACS prototypes as (core, optional) AU -> apex activation. A subject's style may omit optional AUs.
+# EMFACS prototypes as (core, optional) AU -> apex activation. A subject's style may omit optional AUs, so each
+# subject shows one of the EMFACS variants (anger 4+5+7+23/24/17, fear 1+2+4+5(+20)(+25/26), sadness 1+4+15(+17)
+# or 6+15...). Anger, fear and sadness all contain AU4, fear and sadness AU1, as in real confusions.
 PROTOTYPES = {
-    "AN": ({4: 1.0, 23: 0.9}, {5: 0.6, 7: 0.8, 24: 0.7}),
-    "DI": ({9: 1.0, 15: 0.6}, {16: 0.6, 10: 0.7}),
-    "FE": ({1: 0.9, 2: 0.6, 4: 0.9, 20: 1.0}, {5: 0.8, 7: 0.5, 25: 0.6, 26: 0.5}),
+    "AN": ({4: 1.0, 7: 0.8}, {5: 0.6, 10: 0.3, 17: 0.6, 23: 0.9, 24: 0.7}),
+    "DI": ({9: 1.0}, {10: 0.7, 15: 0.5, 16: 0.5, 17: 0.5, 25: 0.3}),
+    "FE": ({1: 0.9, 2: 0.6, 4: 0.9, 5: 0.8}, {7: 0.5, 20: 1.0, 25: 0.6, 26: 0.5}),
     "HA": ({12: 1.0}, {6: 0.8, 25: 0.5}),
-    "SA": ({1: 0.8, 15: 1.0}, {4: 0.6, 17: 0.6}),
+    "SA": ({1: 0.8, 4: 0.7, 15: 1.0}, {6: 0.4, 17: 0.6, 25: 0.3}),
     "SU": ({1: 1.0, 2: 1.0, 26: 1.0}, {5: 0.4, 27: 0.5}),
 }
+# AUs that real faces tend to activate together (DISFA and BP4D co-occurrence): an active AU may pull in its partner.
+_COACTIVATION = {1: 2, 2: 1, 4: 7, 6: 12, 7: 6, 9: 10, 10: 9, 12: 6, 15: 17, 17: 24, 20: 25, 23: 24, 24: 17, 26: 25,
+                 27: 25}
+# Resting expressions: brows, lids, lip corners and chin vary most between people at rest; smiling, nose wrinkling
+# and mouth opening less (these scale the subject's resting sigma). Mouth opening only opens.
+_RESTING_SCALE = {6: 0.5, 9: 0.5, 10: 0.5, 12: 0.5, 25: 0.5, 26: 0.5, 27: 0.5}
+_RESTING_ONE_SIDED = (25, 26, 27)
 
 # The 83-point BU scheme in groups of rows: eye x<0, other eye, brow x<0, other brow, nose, mouth, contour.
 LANDMARK_GROUPS = {
@@ -113,6 +136,19 @@ _GROUP_FACTORS = {
     "LA": {"nose_width": 1.08, "cheekbone": 1.1},
 }
 _SHAPE_BUMPS = 10  # low-frequency random bumps per identity
+# Shape families (SyntheticConfig.shape_family). "a": the priors above, Gaussian bumps, quads split along one
+# diagonal. "b": feature placement shifted by these means (mm) and its spread scaled by these factors, random
+# low-order cosine fields instead of bumps (in depth and within the face plane), quads split the other way.
+_SHAPE_FAMILIES = ("a", "b")
+_FAMILY_B_SHIFTS = {
+    "eye_y": 4.0, "mouth_y": -4.0, "eye_half_spacing": 2.0, "nose_height": -2.0, "profile_radius": -30.0,
+    "head_radius": -6.0, "chin_drop": 3.0, "brow_ridge": 1.0, "cheekbone": 1.5, "lip_fullness": -0.5,
+}
+_FAMILY_B_SPREAD = {
+    "half_width": 0.6, "half_height": 0.6, "head_radius": 0.6, "nose_height": 0.6, "eye_y": 1.8, "mouth_y": 1.8,
+    "eye_half_spacing": 1.8, "chin_drop": 1.8, "mouth_half_width": 1.8, "cheekbone": 1.5, "chin": 1.5,
+}
+_COSINE_ORDER = 4  # family b: cosine modes cos(p pi u) cos(q pi v), p, q < 4, over the face's bounding box
 _HOLE_SITES = ("eye", "nostril", "hairline", "chin", "anywhere")
 _HOLE_SITE_WEIGHTS = np.array([0.3, 0.2, 0.25, 0.1, 0.15])
 _BND_STYLES = ("%.9g", "%.6f")
@@ -121,7 +157,7 @@ _MODEL_CACHE_SIZE = 4
 
 # Purposes that key the random streams.
 (_STREAM_GENDERS, _STREAM_SUBJECT, _STREAM_IDENTITY, _STREAM_STYLE, _STREAM_SCAN, _STREAM_SEQUENCE,
- _STREAM_FILE_STYLE) = range(7)
+ _STREAM_FILE_STYLE, _STREAM_TRAITS) = range(8)
 
 
 @dataclass(frozen=True)
@@ -139,6 +175,11 @@ class SyntheticConfig:
         seed: root of every random stream.
         identity_scale: multiplies every identity standard deviation (0 gives near-identical subjects).
         shape_noise_mm: amplitude of the low-frequency random bumps on each identity.
+        shape_family: ``"a"`` or ``"b"``, two families of identity shape (feature placement, bump basis, mesh
+            triangulation); pretrain on one and test on the other to measure transfer (see ``transfer_target``).
+        resting_expression_sigma: standard deviation of each subject's resting expression, a neutral face that
+            carries its own AU activations (someone who looks a bit sad or angry at rest; mouth opening only
+            opens). It puts expression directions inside identity variation (:func:`identity_subspace_fraction`).
         grid_spacing_mm: mesh vertex spacing per subject (the default gives about 3-5k vertices).
         female_fraction: share of female subjects.
         intensity_scales: AU scale of intensities 01..04 (increasing; 01 is close to neutral).
@@ -150,6 +191,14 @@ class SyntheticConfig:
         extra_au_weight: activation of that added AU.
         secondary_prob: chance that a subject's expression co-activates a second expression.
         secondary_weight: blend weight of that second expression.
+        coactivation_prob: chance that each active AU of a subject's expression pulls in its usual partner
+            (AU1 with AU2, AU6 with AU12, AU4 with AU7, AU17 with AU24...).
+        coactivation_weight: the partner's activation relative to the AU that pulls it in.
+        asymmetry_sigma: per-subject standard deviation of each AU's left/right imbalance: gains 1 - a on one side
+            and 1 + a on the other (|a| <= 0.8).
+        intensity_floor: per-subject range of the activation reached at intensity scale 0.
+        intensity_ceiling: per-subject range of the activation reached at intensity scale 1 (apex): a subject's
+            intensity ``s`` becomes ``floor + (ceiling - floor) * s``, so some people stay subtle.
         pose_sigma_deg: standard deviation of yaw, pitch and roll.
         scanner_offset_mm: per-subject range of the nose tip position in the scanner frame,
             ((x0, x1), (y0, y1), (z0, z1)); the scanner origin is not at the nose tip.
@@ -167,6 +216,8 @@ class SyntheticConfig:
     seed: int = 0
     identity_scale: float = 1.0
     shape_noise_mm: float = 1.5
+    shape_family: str = "a"
+    resting_expression_sigma: float = 0.35
     grid_spacing_mm: tuple = (1.9, 2.5)
     female_fraction: float = 0.56
     intensity_scales: tuple = (0.15, 0.4, 0.7, 1.0)
@@ -178,6 +229,11 @@ class SyntheticConfig:
     extra_au_weight: tuple = (0.1, 0.3)
     secondary_prob: float = 0.5
     secondary_weight: tuple = (0.05, 0.25)
+    coactivation_prob: float = 0.35
+    coactivation_weight: tuple = (0.2, 0.5)
+    asymmetry_sigma: float = 0.25
+    intensity_floor: tuple = (0.0, 0.1)
+    intensity_ceiling: tuple = (0.6, 1.1)
     pose_sigma_deg: tuple = (7.0, 6.0, 3.0)
     scanner_offset_mm: tuple = ((-5.0, 15.0), (-30.0, 0.0), (-5.0, 10.0))
     translation_sigma_mm: float = 3.0
@@ -191,22 +247,28 @@ class SyntheticConfig:
     sequence_frames: tuple = (16, 32)
 
     def __post_init__(self):
-        for name in ("female_fraction", "optional_au_drop_prob", "extra_au_prob", "secondary_prob", "spike_prob"):
+        if self.shape_family not in _SHAPE_FAMILIES:
+            raise ValueError(f"SyntheticConfig.shape_family must be one of {_SHAPE_FAMILIES}, got {self.shape_family!r}")
+        for name in ("female_fraction", "optional_au_drop_prob", "extra_au_prob", "secondary_prob", "spike_prob",
+                     "coactivation_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SyntheticConfig.{name} must lie in [0, 1], got {getattr(self, name)!r}")
         for name in ("identity_scale", "shape_noise_mm", "expressivity_sigma", "au_gain_sigma",
-                     "translation_sigma_mm", "spike_sigma_mm", "holes_per_scan", "max_spikes"):
+                     "translation_sigma_mm", "spike_sigma_mm", "holes_per_scan", "max_spikes",
+                     "resting_expression_sigma", "asymmetry_sigma"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SyntheticConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         pairs = {name: getattr(self, name) for name in (
             "grid_spacing_mm", "extra_au_weight", "secondary_weight", "noise_sigma_mm", "hole_radius_mm",
-            "crop_scale", "sequence_frames")}
+            "crop_scale", "sequence_frames", "coactivation_weight", "intensity_floor", "intensity_ceiling")}
         pairs.update({f"scanner_offset_mm[{axis}]": bounds for axis, bounds in enumerate(self.scanner_offset_mm)})
         for name, bounds in pairs.items():
             if len(bounds) != 2 or bounds[0] > bounds[1] or (bounds[0] < 0 and not name.startswith("scanner")):
                 raise ValueError(f"SyntheticConfig.{name} must be a (low, high) pair with low <= high, got {bounds!r}")
         if self.grid_spacing_mm[0] < 0.5 or not 0.3 <= self.crop_scale[0] <= self.crop_scale[1] <= 1.0:
             raise ValueError("SyntheticConfig needs grid_spacing_mm >= 0.5 and crop_scale within [0.3, 1]")
+        if self.intensity_floor[1] >= self.intensity_ceiling[0]:
+            raise ValueError("SyntheticConfig.intensity_floor must stay below intensity_ceiling")
         if self.sequence_frames[0] < 2:
             raise ValueError("SyntheticConfig.sequence_frames must allow at least 2 frames")
         scales = np.asarray(self.intensity_scales, dtype=np.float64)
@@ -223,6 +285,13 @@ class SyntheticConfig:
             self, pose_sigma_deg=(0.0, 0.0, 0.0), translation_sigma_mm=0.0, noise_sigma_mm=(0.0, 0.0),
             spike_prob=0.0, holes_per_scan=0.0, crop_scale=(1.0, 1.0),
         )
+
+    def transfer_target(self) -> "SyntheticConfig":
+        """A clearly different generator to test transfer on: the other shape family and a mesh with vertices
+        1.4x closer (about twice as many), everything else (seed included) unchanged."""
+        other = _SHAPE_FAMILIES[1 - _SHAPE_FAMILIES.index(self.shape_family)]
+        spacing = tuple(round(value / 1.4, 3) for value in self.grid_spacing_mm)
+        return replace(self, shape_family=other, grid_spacing_mm=spacing)
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -269,20 +338,45 @@ def _sample_shape(rng, gender: str, race: str, age: float, config: SyntheticConf
     names = list(_SHAPE_PRIOR)
     prior = np.array([_SHAPE_PRIOR[name] for name in names])
     factors = np.array([_GROUP_FACTORS[gender].get(n, 1.0) * _GROUP_FACTORS[race].get(n, 1.0) for n in names])
-    means = prior[:, 0] * factors
-    values = means + prior[:, 1] * config.identity_scale * rng.standard_normal(len(names))
+    shifts, spread = (_FAMILY_B_SHIFTS, _FAMILY_B_SPREAD) if config.shape_family == "b" else ({}, {})
+    means = prior[:, 0] * factors + np.array([shifts.get(name, 0.0) for name in names])
+    sds = prior[:, 1] * np.array([spread.get(name, 1.0) for name in names])
+    values = means + sds * config.identity_scale * rng.standard_normal(len(names))
     values = np.where(means > 0, np.maximum(values, 0.4 * means), values)
-    shape = SimpleNamespace(**dict(zip(names, values.tolist())))
+    shape = SimpleNamespace(**dict(zip(names, values.tolist())), family=config.shape_family)
     shape.jaw_ratio = min(shape.jaw_ratio, 0.95)
     shape.nose_height = max(shape.nose_height, shape.bridge_height + 6.0)
     shape.nasolabial_depth = 0.6 + 2.0 * (age - 18.0) / 52.0
+    amplitude = config.shape_noise_mm * config.identity_scale
+    if shape.family == "b":
+        order = np.arange(_COSINE_ORDER)
+        shape.cosine = rng.normal(0.0, 1.0, (3, _COSINE_ORDER, _COSINE_ORDER)) * 2.0 * amplitude / (
+            1.0 + order[:, None] + order[None, :])
+        shape.cosine[:, 0, 0] = 0.0
+        return shape
     shape.bump_centers = np.column_stack([
         rng.uniform(-shape.half_width, shape.half_width, _SHAPE_BUMPS),
         shape.center_y + rng.uniform(-shape.half_height, shape.half_height, _SHAPE_BUMPS),
     ])
     shape.bump_sigmas = rng.uniform(12.0, 30.0, _SHAPE_BUMPS)
-    shape.bump_heights = rng.normal(0.0, config.shape_noise_mm * config.identity_scale, _SHAPE_BUMPS)
+    shape.bump_heights = rng.normal(0.0, amplitude, _SHAPE_BUMPS)
     return shape
+
+
+def _cosine_fields(x, y, shape) -> np.ndarray:
+    """Family b's low-order cosine fields over the face's bounding box: (3, N) for x, y and z, in mm."""
+    order = np.pi * np.arange(_COSINE_ORDER)
+    u = np.cos(np.clip(0.5 * (x / shape.half_width + 1.0), 0.0, 1.0)[:, None] * order)
+    v = np.cos(np.clip(0.5 * ((y - shape.center_y) / shape.half_height + 1.0), 0.0, 1.0)[:, None] * order)
+    return np.einsum("np,kpq,nq->kn", u, shape.cosine, v)
+
+
+def _identity_bumps(x, y, shape) -> np.ndarray:
+    """Low-frequency height (mm) of the identity: Gaussian bumps (family a) or a cosine field (family b)."""
+    if shape.family == "b":
+        return _cosine_fields(x, y, shape)[2]
+    distance = np.hypot(x[:, None] - shape.bump_centers[:, 0], y[:, None] - shape.bump_centers[:, 1])
+    return (shape.bump_heights * _gauss(distance, shape.bump_sigmas)).sum(axis=1)
 
 
 def _jaw_taper(y, shape):
@@ -296,7 +390,8 @@ def _face_radius(x, y, shape):
 
 
 def _face_grid(shape, spacing: float):
-    """Grid vertices (x, y) inside the face outline and their counter-clockwise triangles."""
+    """Grid vertices (x, y) inside the face outline and their counter-clockwise triangles (each grid square split
+    along its rising diagonal in shape family a, along the falling one in family b)."""
     xs = np.arange(-shape.half_width, shape.half_width + spacing, spacing)
     ys = np.arange(shape.center_y - shape.half_height, shape.center_y + shape.half_height + spacing, spacing)
     grid_x, grid_y = np.meshgrid(xs, ys)
@@ -305,9 +400,11 @@ def _face_grid(shape, spacing: float):
     index[inside] = np.arange(inside.sum())
     corner00, corner01 = index[:-1, :-1].ravel(), index[:-1, 1:].ravel()
     corner10, corner11 = index[1:, :-1].ravel(), index[1:, 1:].ravel()
-    triangles = np.concatenate([
-        np.column_stack([corner00, corner01, corner11]), np.column_stack([corner00, corner11, corner10]),
-    ])
+    if shape.family == "b":
+        halves = [[corner00, corner01, corner10], [corner01, corner11, corner10]]
+    else:
+        halves = [[corner00, corner01, corner11], [corner00, corner11, corner10]]
+    triangles = np.concatenate([np.column_stack(half) for half in halves])
     triangles = triangles[(triangles >= 0).all(axis=1)]
     return grid_x[inside], grid_y[inside], triangles
 
@@ -359,10 +456,7 @@ def _neutral_height(x, y, shape) -> np.ndarray:
     features -= shape.nasolabial_depth * _nasolabial_fold(ax, fy, shape)
     features *= 1.0 + shape.side_gain * x / shape.half_width
 
-    bumps = shape.bump_heights * _gauss(
-        np.hypot(x[:, None] - shape.bump_centers[:, 0], y[:, None] - shape.bump_centers[:, 1]), shape.bump_sigmas
-    )
-    return base + features + bumps.sum(axis=1)
+    return base + features + _identity_bumps(x, y, shape)
 
 
 def _nasolabial_fold(ax, y, shape):
@@ -509,15 +603,16 @@ class _SubjectModel:
 
     meta: dict
     shape: SimpleNamespace
-    neutral: np.ndarray  # (N, 3) neutral face in the face frame
+    neutral: np.ndarray  # (N, 3) neutral face (resting expression included) in the face frame
     triangles: np.ndarray  # (M, 3)
-    basis: np.ndarray  # (n_AU, N, 3)
+    basis: np.ndarray  # (n_AU, N, 3), left/right imbalance included
     landmark_index: np.ndarray  # (83,) vertex indices
     nose_tip: int
     pivot: np.ndarray  # head rotation centre in the face frame
     offset: np.ndarray  # face frame -> scanner frame translation
     style: np.ndarray  # (6, n_AU) apex AU activations of each emotion for this subject
     secondary: list  # per emotion: (code or None, weight)
+    intensity_range: tuple  # (floor, ceiling): activation at intensity scale 0 and 1
 
 
 def _expression_code(expression: str) -> str:
@@ -544,6 +639,7 @@ def _sample_style(rng, config: SyntheticConfig):
         kept = {au: a for au, a in optional.items() if rng.random() >= config.optional_au_drop_prob}
         for au, activation in {**core, **kept}.items():
             style[row, _AU_INDEX[au]] = activation
+        _coactivate(rng, style[row], config)
         outside = [au for au in AU_LIST if au not in core and au not in optional]
         if rng.random() < config.extra_au_prob:
             style[row, _AU_INDEX[outside[rng.integers(len(outside))]]] += _uniform(rng, config.extra_au_weight)
@@ -555,6 +651,40 @@ def _sample_style(rng, config: SyntheticConfig):
         else:
             secondary.append((None, 0.0))
     return style * gains, secondary
+
+
+def _coactivate(rng, activations, config: SyntheticConfig) -> None:
+    """Let each active AU pull in its usual partner (``_COACTIVATION``) with ``coactivation_prob``, in place."""
+    leaders = [au for au in AU_LIST if activations[_AU_INDEX[au]] > 0 and au in _COACTIVATION]
+    pulled = rng.random(len(leaders)) < config.coactivation_prob
+    weights = rng.uniform(*config.coactivation_weight, len(leaders))
+    for au, chosen, weight in zip(leaders, pulled, weights):
+        partner = _AU_INDEX[_COACTIVATION[au]]
+        if chosen:
+            activations[partner] = max(activations[partner], weight * activations[_AU_INDEX[au]])
+
+
+def _sample_traits(rng, config: SyntheticConfig) -> SimpleNamespace:
+    """A subject's resting expression (AU activations of the neutral face), AU imbalance and intensity range."""
+    scale = np.array([_RESTING_SCALE.get(au, 1.0) for au in AU_LIST])
+    resting = rng.normal(0.0, config.resting_expression_sigma, len(AU_LIST)) * scale
+    one_sided = [_AU_INDEX[au] for au in _RESTING_ONE_SIDED]
+    resting[one_sided] = np.abs(resting[one_sided])
+    asymmetry = np.clip(rng.normal(0.0, config.asymmetry_sigma, len(AU_LIST)), -0.8, 0.8)
+    intensity_range = (_uniform(rng, config.intensity_floor), _uniform(rng, config.intensity_ceiling))
+    return SimpleNamespace(resting=resting, asymmetry=asymmetry, intensity_range=intensity_range)
+
+
+def _identity_surface(x, y, shape, traits):
+    """The neutral face at points (x, y), resting expression included, and the AU fields there, each AU weighted
+    by 1 - a on the subject's x < 0 side and 1 + a on the other (a: the subject's imbalance of that AU)."""
+    basis = _action_unit_fields(x, y, shape)
+    side = np.tanh(_feature_frame(x, y, shape)[0] / 10.0)
+    basis *= (1.0 + traits.asymmetry[:, None] * side[None, :])[..., None]
+    neutral = np.column_stack([x, y, _neutral_height(x, y, shape)]) + np.tensordot(traits.resting, basis, axes=1)
+    if shape.family == "b":  # features also move within the face plane
+        neutral[:, :2] += _cosine_fields(x, y, shape)[:2].T
+    return neutral, basis
 
 
 def _compact(vertices, triangles, keep):
@@ -606,28 +736,37 @@ class SyntheticFaceGenerator:
             "gender": gender, "race": race, "age": age,
         }
 
-    def _model(self, index: int) -> _SubjectModel:
-        if index in self._models:
-            self._models.move_to_end(index)
-            return self._models[index]
+    def _identity(self, index: int) -> SimpleNamespace:
+        """Every per-subject draw: metadata, shape, mesh spacing, scanner position, traits and expression style."""
         config = self.config
         meta = self.subject(index)
         rng = _rng(config.seed, _STREAM_IDENTITY, index)
         shape = _sample_shape(rng, meta["gender"], meta["race"], meta["age"], config)
-        x, y, triangles = _face_grid(shape, _uniform(rng, config.grid_spacing_mm))
-        z = _neutral_height(x, y, shape)
-        neutral = np.column_stack([x, y, z])
-        nose_tip = int(np.argmax(z))
-        tip_position = neutral[nose_tip]
-        target = np.array([_uniform(rng, bounds) for bounds in config.scanner_offset_mm])
-        layout = _landmark_layout(shape)
-        landmark_index = ((layout[:, None, :] - neutral[None, :, :2]) ** 2).sum(axis=-1).argmin(axis=1)
+        spacing = _uniform(rng, config.grid_spacing_mm)
+        scanner_target = np.array([_uniform(rng, bounds) for bounds in config.scanner_offset_mm])
         style, secondary = _sample_style(_rng(config.seed, _STREAM_STYLE, index), config)
+        return SimpleNamespace(
+            meta=meta, shape=shape, spacing=spacing, scanner_target=scanner_target, style=style, secondary=secondary,
+            traits=_sample_traits(_rng(config.seed, _STREAM_TRAITS, index), config),
+        )
+
+    def _model(self, index: int) -> _SubjectModel:
+        if index in self._models:
+            self._models.move_to_end(index)
+            return self._models[index]
+        identity = self._identity(index)
+        shape = identity.shape
+        x, y, triangles = _face_grid(shape, identity.spacing)
+        neutral, basis = _identity_surface(x, y, shape, identity.traits)
+        nose_tip = int(np.argmax(neutral[:, 2]))
+        tip_position = neutral[nose_tip]
+        layout = _landmark_layout(shape)  # landmarks sit on the tissue, so they follow the resting expression
+        landmark_index = ((layout[:, None, :] - np.column_stack([x, y])[None]) ** 2).sum(axis=-1).argmin(axis=1)
         model = _SubjectModel(
-            meta=meta, shape=shape, neutral=neutral, triangles=triangles,
-            basis=_action_unit_fields(x, y, shape), landmark_index=landmark_index, nose_tip=nose_tip,
-            pivot=tip_position + np.array([0.0, -10.0, -95.0]), offset=target - tip_position,
-            style=style, secondary=secondary,
+            meta=identity.meta, shape=shape, neutral=neutral, triangles=triangles, basis=basis,
+            landmark_index=landmark_index, nose_tip=nose_tip, pivot=tip_position + np.array([0.0, -10.0, -95.0]),
+            offset=identity.scanner_target - tip_position, style=identity.style, secondary=identity.secondary,
+            intensity_range=identity.traits.intensity_range,
         )
         self._models[index] = model
         if len(self._models) > _MODEL_CACHE_SIZE:
@@ -695,7 +834,9 @@ class SyntheticFaceGenerator:
         if code != "NE":
             row = EMOTION_CODES.index(code)
             jitter = 1.0 + config.intensity_jitter * rng.uniform(-1.0, 1.0, len(AU_LIST) + 1)
-            aus = config.intensity_scales[intensity - 1] * jitter[0] * jitter[1:] * model.style[row]
+            floor, ceiling = model.intensity_range
+            scale = floor + (ceiling - floor) * config.intensity_scales[intensity - 1]
+            aus = scale * jitter[0] * jitter[1:] * model.style[row]
             secondary = model.secondary[row]
         pose_deg, translation = self._pose(rng)
         keep = self._keep_mask(model, rng)
@@ -727,7 +868,8 @@ class SyntheticFaceGenerator:
             raise ValueError(f"a sequence needs at least 2 frames, got {frames}")
         curve = self._intensity_curve(rng, frames)
         jitter = 1.0 + config.intensity_jitter * rng.uniform(-1.0, 1.0, len(AU_LIST))
-        aus = curve[:, None] * (jitter * model.style[EMOTION_CODES.index(code)])[None]
+        apex = model.intensity_range[1] * jitter * model.style[EMOTION_CODES.index(code)]
+        aus = curve[:, None] * apex[None]
         drift = _smoothstep(np.linspace(0.0, 1.0, frames))[:, None]
         (pose_start, shift_start), (pose_end, shift_end) = self._pose(rng), self._pose(rng)
         poses = pose_start + drift * (pose_end - pose_start)
@@ -759,6 +901,66 @@ class SyntheticFaceGenerator:
         rise = _smoothstep((t - onset_start) / max(apex_start - onset_start, 1e-6))
         fall = _smoothstep((t - apex_end) / max(offset_end - apex_end, 1e-6))
         return rng.uniform(0.75, 1.0) * rise * (1.0 - (1.0 - residual) * fall)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# How far expression hides in identity: the subspace measure.
+
+
+def _identity_samples(config: SyntheticConfig, subjects, grid_points: int = 32):
+    """Subjects sampled at corresponding points (a grid in face-normalised coordinates, the same facial location
+    on everyone): neutral faces (n, 3P), apex expression displacements (n, 6, 3P) and AU fields (n, n_AU, 3P)."""
+    generator = SyntheticFaceGenerator(config)
+    u, v = (axis.ravel() for axis in np.meshgrid(*[np.linspace(-0.9, 0.9, grid_points)] * 2))
+    u, v = u[np.hypot(u, v) <= 0.9], v[np.hypot(u, v) <= 0.9]
+    neutrals, expressions, fields = [], [], []
+    for index in subjects:
+        identity = generator._identity(index)
+        shape = identity.shape
+        y = shape.center_y + v * shape.half_height
+        neutral, basis = _identity_surface(u * shape.half_width * _jaw_taper(y, shape), y, shape, identity.traits)
+        neutrals.append(neutral.ravel())
+        fields.append(basis.reshape(len(AU_LIST), -1))
+        expressions.append(identity.style @ fields[-1])
+    return np.stack(neutrals), np.stack(expressions), np.stack(fields)
+
+
+def _principal_components(samples: np.ndarray, variance: float = 0.99, rank: Optional[int] = None) -> np.ndarray:
+    """Orthonormal rows spanning the principal components of ``samples`` (n, D) about their mean: the first
+    ``rank``, or as many as explain ``variance`` of their variation."""
+    _, singular, rows = np.linalg.svd(samples - samples.mean(axis=0), full_matrices=False)
+    if rank is None:
+        explained = np.cumsum(singular**2) / np.sum(singular**2)
+        rank = int(np.searchsorted(explained, variance)) + 1
+    return rows[:rank]
+
+
+def _share_inside(components: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+    """Share of each vector's squared norm that lies in the span of the orthonormal rows ``components``."""
+    return ((vectors @ components.T) ** 2).sum(axis=-1) / (vectors**2).sum(axis=-1)
+
+
+def identity_subspace_fraction(config: Optional[SyntheticConfig] = None, num_subjects: int = 200, held_out: int = 40,
+                               grid_points: int = 32, variance: float = 0.99) -> dict:
+    """How much of each expression lies in the identity subspace (88-92 % of each blendshape in a real face model).
+
+    The identity subspace is spanned by the principal components explaining ``variance`` of the neutral faces of
+    subjects ``0 .. num_subjects - 1``, sampled at corresponding points (by default, like a morphable model built
+    from 200 scans and truncated at 99 % of their variance). Each of ``held_out`` further subjects'
+    apex expression displacements (its own style, left/right imbalance included) and AU fields are projected on
+    it. Returns the mean share of their squared norm inside: ``mean`` over the six emotions, ``expressions`` per
+    emotion code, ``aus`` per AU name, and ``components``, the subspace's dimension.
+    """
+    config = config if config is not None else SyntheticConfig()
+    components = _principal_components(_identity_samples(config, range(num_subjects), grid_points)[0], variance)
+    _, expressions, fields = _identity_samples(config, range(num_subjects, num_subjects + held_out), grid_points)
+    by_expression = _share_inside(components, expressions).mean(axis=0)
+    by_au = _share_inside(components, fields).mean(axis=0)
+    return {
+        "mean": round(float(by_expression.mean()), 4), "components": len(components),
+        "expressions": dict(zip(EMOTION_CODES, by_expression.round(4).tolist())),
+        "aus": dict(zip(AU_NAMES, by_au.round(4).tolist())),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------

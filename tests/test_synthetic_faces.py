@@ -18,6 +18,7 @@ from datasets_scripts.synthetic_faces import (
     PROTOTYPES,
     SyntheticConfig,
     SyntheticFaceGenerator,
+    identity_subspace_fraction,
     write_bu3dfe_tree,
     write_bu4dfe_tree,
 )
@@ -55,6 +56,10 @@ def test_public_tables_are_consistent():
         ({"sequence_frames": (1, 4)}, "sequence_frames"),
         ({"pose_sigma_deg": (1.0, 2.0)}, "pose_sigma_deg"),
         ({"holes_per_scan": -1.0}, "holes_per_scan"),
+        ({"shape_family": "c"}, "shape_family"),
+        ({"coactivation_prob": 2.0}, "coactivation_prob"),
+        ({"asymmetry_sigma": -0.1}, "asymmetry_sigma"),
+        ({"intensity_floor": (0.0, 0.7), "intensity_ceiling": (0.6, 1.0)}, "intensity_floor"),
     ],
 )
 def test_config_rejects_bad_values(overrides, message):
@@ -78,17 +83,19 @@ def test_bad_requests_are_refused():
         generator.subject(-1)
 
 
-def test_same_seed_same_scans_in_any_order_and_other_seed_differs():
-    alone = SyntheticFaceGenerator(SMALL).scan(7, "SU", 3)
-    crowded = SyntheticFaceGenerator(SMALL)
+@pytest.mark.parametrize("family", ["a", "b"])
+def test_same_seed_same_scans_in_any_order_and_other_seed_differs(family):
+    config = replace(SMALL, shape_family=family)
+    alone = SyntheticFaceGenerator(config).scan(7, "SU", 3)
+    crowded = SyntheticFaceGenerator(config)
     for subject in range(9):
         crowded.scan(subject, "HA", 2)
     assert_same_scans(alone, crowded.scan(7, "SU", 3))
     assert SyntheticFaceGenerator(SMALL).subject(7) == crowded.subject(7)
-    other = SyntheticFaceGenerator(replace(SMALL, seed=1)).scan(7, "SU", 3)
+    other = SyntheticFaceGenerator(replace(config, seed=1)).scan(7, "SU", 3)
     assert other[0].vertices.shape != alone[0].vertices.shape or not np.allclose(other[0].vertices, alone[0].vertices)
-    frames, info = SyntheticFaceGenerator(SMALL).sequence(3, "AN", num_frames=4)
-    again, info_again = SyntheticFaceGenerator(SMALL).sequence(3, "AN", num_frames=4)
+    frames, info = SyntheticFaceGenerator(config).sequence(3, "AN", num_frames=4)
+    again, info_again = SyntheticFaceGenerator(config).sequence(3, "AN", num_frames=4)
     np.testing.assert_array_equal(info["aus"], info_again["aus"])
     np.testing.assert_array_equal(frames[-1].vertices, again[-1].vertices)
 
@@ -116,7 +123,7 @@ def test_each_expression_is_driven_by_its_prototype():
 
 
 def test_without_style_variation_only_prototype_aus_are_active():
-    plain = replace(SMALL, optional_au_drop_prob=0.0, extra_au_prob=0.0, secondary_prob=0.0)
+    plain = replace(SMALL, optional_au_drop_prob=0.0, extra_au_prob=0.0, secondary_prob=0.0, coactivation_prob=0.0)
     for code in EMOTION_CODES:
         aus = SyntheticFaceGenerator(plain).scan(2, code, 3)[1]["aus"]
         active = {AU_LIST[i] for i in np.flatnonzero(aus)}
@@ -157,8 +164,9 @@ def test_scans_are_valid_meshes_with_landmarks_on_vertices():
     assert 2500 <= default_size <= 6000
 
 
-def test_unposed_face_is_frontal_with_the_nose_tip_in_front():
-    generator = SyntheticFaceGenerator(SMALL.clean())
+@pytest.mark.parametrize("family", ["a", "b"])
+def test_unposed_face_is_frontal_with_the_nose_tip_in_front(family):
+    generator = SyntheticFaceGenerator(replace(SMALL.clean(), shape_family=family))
     scan, info = generator.scan(5, "NE", 0)
     assert int(np.argmax(scan.vertices[:, 2])) == info["nose_tip_index"]
     tip = scan.vertices[info["nose_tip_index"]]
@@ -180,7 +188,7 @@ def test_holes_and_crop_remove_vertices():
 
 
 def test_low_intensity_is_subtle_and_subjects_differ():
-    generator = SyntheticFaceGenerator(replace(SMALL.clean(), intensity_jitter=0.0))
+    generator = SyntheticFaceGenerator(replace(SMALL.clean(), intensity_jitter=0.0, intensity_floor=(0.0, 0.0)))
     neutral = generator.scan(2, "NE", 0)[0].vertices
     for code in EMOTION_CODES:
         subtle = np.linalg.norm(generator.scan(2, code, 1)[0].vertices - neutral, axis=1).mean()
@@ -274,3 +282,91 @@ def test_bu4dfe_tree_layout_landmark_release_and_labels(tmp_path):
             np.testing.assert_allclose(curve, info["intensity_curve"], atol=1e-4)
             activations = [[float(row[name]) for name in AU_NAMES] for row in frame_rows]
             np.testing.assert_allclose(activations, info["aus"], atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Variation like real people's: identity that confounds expression, person-specific intensities, asymmetric and
+# co-activated AUs, overlapping prototypes, and a second shape family.
+
+
+def expression_displacement(generator, subject, code, level=4):
+    """Per-vertex displacement of a clean scan from the subject's neutral scan (same vertices when clean)."""
+    return generator.scan(subject, code, level)[0].vertices - generator.scan(subject, "NE", 0)[0].vertices
+
+
+def test_identity_subspace_fraction_reaches_the_real_face_band_only_with_resting_expressions():
+    quick = {"held_out": 10, "grid_points": 12}
+    default = identity_subspace_fraction(SyntheticConfig(), **quick)
+    assert set(default["expressions"]) == set(EMOTION_CODES) and set(default["aus"]) == set(AU_NAMES)
+    assert 0.85 <= default["mean"] <= 0.95  # 0.88-0.92 in a real face model
+    assert all(0.7 <= share <= 1.0 for share in default["expressions"].values())
+    plain = identity_subspace_fraction(SyntheticConfig(resting_expression_sigma=0.0), **quick)
+    assert plain["mean"] < default["mean"] - 0.1
+
+
+def test_shape_family_changes_the_identity_basis_and_the_mesh():
+    from datasets_scripts.synthetic_faces import _identity_samples, _principal_components
+
+    def neutrals(family, subjects):
+        return _identity_samples(SyntheticConfig(shape_family=family), subjects, grid_points=12)[0]
+
+    def captured(components, samples):  # share of the samples' variation about their mean inside the span
+        centred = samples - samples.mean(axis=0)
+        return ((centred @ components.T) ** 2).sum() / (centred**2).sum()
+
+    basis_a = _principal_components(neutrals("a", range(60)))
+    same, other = captured(basis_a, neutrals("a", range(60, 120))), captured(basis_a, neutrals("b", range(60, 120)))
+    assert other < same - 0.04
+    first, second = (SyntheticFaceGenerator(replace(SMALL.clean(), shape_family=f)).scan(0, "NE", 0)[0]
+                     for f in "ab")
+    assert not np.array_equal(first.faces[: len(second.faces)], second.faces[: len(first.faces)])
+    target = SyntheticConfig().transfer_target()
+    assert target.shape_family == "b" and target.grid_spacing_mm[1] < SyntheticConfig().grid_spacing_mm[0]
+
+
+def test_aus_act_asymmetrically_per_subject():
+    def left_right_ratios(config):
+        generator = SyntheticFaceGenerator(replace(SMALL.clean(), intensity_jitter=0.0, **config))
+        ratios = []
+        for subject in range(6):
+            tip_x = generator.scan(subject, "NE", 0)[0].vertices[generator.scan(subject, "NE", 0)[1]["nose_tip_index"], 0]
+            scan = generator.scan(subject, "NE", 0)[0]
+            moved = np.linalg.norm(expression_displacement(generator, subject, "HA"), axis=1)
+            ratios.append(moved[scan.vertices[:, 0] > tip_x].sum() / moved[scan.vertices[:, 0] < tip_x].sum())
+        return np.abs(np.log(ratios))
+
+    assert left_right_ratios({"asymmetry_sigma": 0.0}).max() < 0.15
+    assert left_right_ratios({}).max() > 0.2
+
+
+def test_intensity_range_is_person_specific():
+    config = replace(SMALL, intensity_jitter=0.0, expressivity_sigma=0.0, au_gain_sigma=0.0, optional_au_drop_prob=0.0,
+                     extra_au_prob=0.0, secondary_prob=0.0, coactivation_prob=0.0)
+    apex = [np.linalg.norm(SyntheticFaceGenerator(config).scan(s, "HA", 4)[1]["aus"]) for s in range(12)]
+    assert np.ptp(apex) / np.mean(apex) > 0.2  # the ceiling differs between people
+    fixed = replace(config, intensity_floor=(0.0, 0.0), intensity_ceiling=(1.0, 1.0))
+    apex_fixed = [np.linalg.norm(SyntheticFaceGenerator(fixed).scan(s, "HA", 4)[1]["aus"]) for s in range(12)]
+    np.testing.assert_allclose(apex_fixed, apex_fixed[0])
+
+
+def test_coactivation_pulls_in_partner_aus():
+    bare = replace(SMALL, optional_au_drop_prob=1.0, extra_au_prob=0.0, secondary_prob=0.0)
+    for code in EMOTION_CODES:
+        core = set(PROTOTYPES[code][0])
+        alone = SyntheticFaceGenerator(replace(bare, coactivation_prob=0.0)).scan(1, code, 3)[1]["aus"]
+        paired = SyntheticFaceGenerator(replace(bare, coactivation_prob=1.0)).scan(1, code, 3)[1]["aus"]
+        assert {AU_LIST[i] for i in np.flatnonzero(alone)} == core
+        assert {AU_LIST[i] for i in np.flatnonzero(paired)} > core
+
+
+def test_anger_fear_and_sadness_prototypes_overlap():
+    def vector(code):
+        core, optional = PROTOTYPES[code]
+        return np.array([{**core, **optional}.get(au, 0.0) for au in AU_LIST])
+
+    def cosine(first, second):
+        return vector(first) @ vector(second) / np.linalg.norm(vector(first)) / np.linalg.norm(vector(second))
+
+    assert all(4 in PROTOTYPES[code][0] for code in ("AN", "FE", "SA"))
+    assert min(cosine("AN", "FE"), cosine("AN", "SA"), cosine("FE", "SA")) > 0.3
+    assert cosine("HA", "SA") < 0.25
