@@ -142,7 +142,7 @@ def _zero_shot(cfg, trained: dict) -> dict:
     from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
     from modeling_facet.prompts import label_word
     from training.data import load_splits
-    from training.train import evaluate_split
+    from training.evaluate_model import evaluate_split
 
     model_dir = Path(cfg.output) / "model"
     device = "cuda" if torch.cuda.is_available() else "cpu"

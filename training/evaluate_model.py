@@ -98,6 +98,21 @@ def write_metrics(metrics: dict, output_dir, name: str = "metrics.json") -> Path
     return path
 
 
+def split_predictions(model, processor, split, label_names, device=None) -> tuple:
+    """`(predictions, references)` of `model` on `split` (an [`ExpressionSplit`] labelled by `label_names`),
+    prompting with every template of `label_names`."""
+    prompts = processor(labels=label_names, return_tensors="pt")
+    logits = predict(model, split, {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"]},
+                     device=device)  # fmt: skip
+    return decide(logits, split.multi_label), split.labels.numpy()
+
+
+def evaluate_split(model, processor, split, label_names=None, device=None) -> dict:
+    """Metrics of `model` on `split`, prompting with `label_names` (default: the split's own label names)."""
+    label_names = split.label_names if label_names is None else label_names
+    return compute_metrics(*split_predictions(model, processor, split, label_names, device), label_names)
+
+
 def evaluate_checkpoint(model_dir, cfg, output_dir, split: str = "test") -> dict:
     """Evaluate a saved FACET-VLM on `split` ("test", "train" or "all") of the benchmark that `cfg` (a
     [`TrainConfig`]: dataset, data_dir, protocol, fold) describes, with the model's own label names as prompts
@@ -111,12 +126,7 @@ def evaluate_checkpoint(model_dir, cfg, output_dir, split: str = "test") -> dict
     splits = load_splits(cfg, processor.image_processor)
     parts = [splits["train"], splits["test"]] if split == "all" else [splits[split]]
     label_names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
-    results = []
-    for part in parts:
-        part = part.relabelled(label_names)
-        prompts = processor(labels=label_names, return_tensors="pt")
-        logits = predict(model, part, {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"]})
-        results.append((decide(logits, part.multi_label), part.labels.numpy()))
+    results = [split_predictions(model, processor, part.relabelled(label_names), label_names) for part in parts]
     predictions = np.concatenate([p for p, _ in results])
     references = np.concatenate([r for _, r in results])
     metrics = compute_metrics(predictions, references, label_names)

@@ -126,14 +126,6 @@ def _step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
-def evaluate_split(model, processor, split: ExpressionSplit, label_names, device) -> dict:
-    """Metrics of `model` on `split`, prompting with every template of `label_names`."""
-    prompts = processor(labels=label_names, return_tensors="pt")
-    logits = predict(model, split, {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"]},
-                     device=device)  # fmt: skip
-    return compute_metrics(decide(logits, split.multi_label), split.labels.numpy(), label_names)
-
-
 def train(cfg: TrainConfig) -> dict:
     """Train on the configured split, evaluate on its test side, save the model; returns the test metrics."""
     accelerator = Accelerator(
