@@ -26,7 +26,8 @@ from modeling_facet.pipeline_facet import load_pipeline
 from tests.fake_hub import FakeHub
 from tests.test_pipeline import LABELS, face_mesh, save_tiny_model
 from training.cli import main
-from training.publish import build_dataset_repo, check_repo_id, model_card, publish_model, read_training_results
+from training.dataset_repo import build_dataset_repo
+from training.publish import check_repo_id, model_card, publish_model, read_training_results
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

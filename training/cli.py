@@ -166,7 +166,8 @@ def _publish_model(args):
 
 
 def _publish_dataset(args):
-    from training.publish import print_report, publish_dataset_card
+    from training.dataset_repo import publish_dataset_card
+    from training.publish import print_report
 
     synthetic = {key: value for key, value in dict(num_subjects=args.num_subjects, num_folds=args.num_folds,
                  data_seed=args.data_seed, image_size=args.image_size, cache_dir=args.cache_dir).items()
