@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .mesh_io import FaceScan, ScanFormatError
-from .rasterization import rasterize, resolve_method, take, zeros
+from .rasterization import rasterize, resolve_method, take, to_device, zeros
 from .render_settings import CHANNEL_WIDTHS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, channel_count
 from .render_settings import check_channel as _check_channel
 
@@ -218,6 +218,11 @@ class _PreparedMesh:
 def _prepare(scan, face_size: float, with_texture: bool) -> _PreparedMesh:
     scan = _as_face_scan(scan)
     vertices, faces, kept_faces = _normalize(scan, face_size)
+    return _textured(scan, vertices, faces, kept_faces, with_texture)
+
+
+def _textured(scan: FaceScan, vertices, faces, kept_faces, with_texture: bool) -> _PreparedMesh:
+    """The prepared mesh, with the per-corner uv and texture image of ``scan`` when asked for and readable."""
     if not (with_texture and scan.uv is not None and scan.texture_path):
         return _PreparedMesh(vertices, faces)
     source = scan.source_path or "<in-memory scan>"
@@ -232,6 +237,100 @@ def _prepare(scan, face_size: float, with_texture: bool) -> _PreparedMesh:
     if texture is None:
         return _PreparedMesh(vertices, faces)
     return _PreparedMesh(vertices, faces, uv[corners[kept_faces]], texture)
+
+
+def prepare_batch(scans, face_size: float, with_texture: bool, device) -> list:
+    """:func:`_prepare` of many scans, with the normalisation batched in torch on ``device`` (the renderer's GPU
+    path): the checks and the nose-tip landmark lookup stay per scan on the host, the principal axes, percentiles,
+    medians and the most frontal points run over all scans at once (float64, padded with NaN); vertices come back
+    as float32 tensors on ``device``. Same results as the per-scan NumPy normalisation, up to rounding
+    (tests/test_cuda_rasterizer.py).
+    """
+    scans = [_as_face_scan(scan) for scan in scans]
+    sources = [scan.source_path or "<in-memory scan>" for scan in scans]
+    cleaned = [_clean(scan, source) for scan, source in zip(scans, sources)]
+    noses = [_landmark_nose_tip(scan) for scan in scans]
+    counts = [len(vertices) for vertices, _, _ in cleaned]
+    flat, start = [], 0
+    # Groups of at most _NORMALIZE_ELEMENTS padded vertices (torch's quantile takes at most 16 M elements).
+    while start < len(scans):
+        stop = start + 1
+        while stop < len(scans) and (stop + 1 - start) * max(counts[start : stop + 1]) <= _NORMALIZE_ELEMENTS:
+            stop += 1
+        flat.extend(_normalize_batch([v for v, _, _ in cleaned[start:stop]], noses[start:stop], face_size, device,
+                                     sources[start:stop]))  # fmt: skip
+        start = stop
+    return [_textured(scan, vertices, faces, kept, with_texture)
+            for scan, vertices, (_, faces, kept) in zip(scans, flat, cleaned)]  # fmt: skip
+
+
+_NORMALIZE_ELEMENTS = 1 << 22
+
+
+def _nanmedian(values: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """np.median over the non-NaN values (the mean of the two middle ones for an even count, unlike torch's)."""
+    return torch.nanquantile(values, 0.5, dim=dim, keepdim=keepdim)
+
+
+def _normalize_batch(vertex_arrays, nose_tips, face_size: float, device, sources) -> list:
+    """:func:`_normalize`'s steps after the cleaning, for (N_i, 3) float64 arrays at once: a list of float32 tensors."""
+    counts = [len(vertices) for vertices in vertex_arrays]
+    rows = to_device(np.repeat(np.arange(len(counts)), counts), device)
+    columns = to_device(np.concatenate([np.arange(count) for count in counts]), device)
+    padded = torch.full((len(counts), max(counts), 3), float("nan"), dtype=torch.float64, device=device)
+    padded[rows, columns] = to_device(np.concatenate(vertex_arrays), device, torch.float64)
+    valid = ~padded[..., 0].isnan()
+
+    # _facing_axis: the smallest principal axis, unless the scan is flat-ish (z) or its sign is decided by z.
+    centred = padded - padded.nanmean(dim=1, keepdim=True)
+    filled = centred.nan_to_num(0.0)
+    eigenvalues, eigenvectors = torch.linalg.eigh(filled.transpose(1, 2) @ filled)
+    axis = eigenvectors[..., 0]
+    flat = eigenvalues[:, 0] >= 0.5 * eigenvalues[:, 1]
+    towards_z = axis[:, 2].abs() >= math.cos(math.radians(45.0))
+    depth = (centred * axis[:, None]).sum(-1)
+    radial = torch.linalg.vector_norm(centred - depth[..., None] * axis[:, None], dim=-1)
+    central = radial <= torch.nanquantile(radial, 0.3, dim=1, keepdim=True)
+    outer = valid & ~central
+    central_mean = (depth.nan_to_num(0.0) * central).sum(1) / central.sum(1).clamp(min=1)
+    outer_mean = (depth.nan_to_num(0.0) * outer).sum(1) / outer.sum(1).clamp(min=1)
+    turned_axis = torch.where((central_mean < outer_mean)[:, None], -axis, axis)
+    z_axis = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64, device=device).expand_as(axis)
+    axis = torch.where(flat[:, None], z_axis, torch.where(towards_z[:, None], axis * axis[:, 2:].sign(), turned_axis))
+    turn = ~flat & ~towards_z
+
+    # _frontal_nose_tip, where no landmark names the nose tip.
+    depth = (padded * axis[:, None]).sum(-1)
+    planar = padded - depth[..., None] * axis[:, None]
+    radial = torch.linalg.vector_norm(planar - _nanmedian(planar, 1, keepdim=True), dim=-1)
+    candidates = radial <= 0.5 * torch.nanquantile(radial, 0.9, dim=1, keepdim=True)
+    candidates = torch.where(candidates.any(1, keepdim=True), candidates, valid)
+    count = candidates.sum(1, keepdim=True)
+    top_k = torch.minimum(count, (count // 100).clamp(min=5))
+    order = torch.where(candidates, depth, -torch.inf).argsort(dim=1, descending=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=device).expand_as(order))
+    frontal = _nanmedian(torch.where((candidates & (rank < top_k))[..., None], padded, torch.nan), 1)
+    landmarks = [np.full(3, np.nan) if nose is None else nose for nose in nose_tips]
+    landmark = to_device(np.stack(landmarks), device, torch.float64)
+    nose = torch.where(landmark.isnan().any(1, keepdim=True), frontal, landmark)
+
+    vertices = padded - nose[:, None]
+    cross = torch.linalg.cross(axis, z_axis, dim=1)
+    skew = torch.zeros(len(counts), 3, 3, dtype=torch.float64, device=device)
+    skew[:, 0, 1], skew[:, 0, 2], skew[:, 1, 2] = -cross[:, 2], cross[:, 1], -cross[:, 0]
+    skew = skew - skew.transpose(1, 2)
+    rotation = torch.eye(3, dtype=torch.float64, device=device) + skew + skew @ skew / (1.0 + axis[:, 2, None, None])
+    vertices = torch.where(turn[:, None, None], vertices @ rotation.transpose(1, 2), vertices)
+    planar = vertices[..., :2]
+    radius = torch.nanquantile(
+        torch.linalg.vector_norm(planar - _nanmedian(planar, 1, keepdim=True), dim=-1), 0.9, dim=1
+    )  # fmt: skip
+    degenerate = ~(radius > 0)
+    if degenerate.any():  # the one read back to the host
+        source = sources[int(degenerate.nonzero()[0, 0])]
+        raise ScanFormatError(source, "degenerate mesh: the vertices have no extent in the image plane")
+    scaled = (vertices * (face_size / radius)[:, None, None]).to(torch.float32)[rows, columns]
+    return list(scaled.split(counts))
 
 
 def _view_rotations(views) -> np.ndarray:
@@ -377,10 +476,15 @@ class MultiviewRenderer:
         return self.render_batch([scan])[0]
 
     def render_batch(self, scans) -> np.ndarray:
-        """Renders a list of scans as (B, V, C, H, W) float32; the torch backend draws many scans per pass."""
-        meshes = [_prepare(scan, self.face_size, "texture" in self.channels) for scan in scans]
-        if not meshes:
+        """Renders a list of scans as (B, V, C, H, W) float32; the torch backend draws many scans per pass (on a GPU,
+        normalising them in one batch too)."""
+        scans = list(scans)
+        if not scans:
             return np.zeros((0, len(self.views), self.num_channels, self.image_size, self.image_size), np.float32)
+        if self.backend == "torch" and (self.device.type != "cpu" or self.rasterizer == "cuda"):  # the GPU path
+            meshes = prepare_batch(scans, self.face_size, "texture" in self.channels, self.device)
+        else:
+            meshes = [_prepare(scan, self.face_size, "texture" in self.channels) for scan in scans]
         if self.backend == "pyrender":
             images = self._images(self._pyrender_fragments(meshes), len(meshes))
         else:
@@ -403,14 +507,17 @@ class MultiviewRenderer:
 
     def _torch_fragments(self, meshes):
         device, num_views = self.device, len(self.views)
+        # Host data goes to a GPU without waiting for it (rasterization.to_device), and the vertices of a batch
+        # normalised there (prepare_batch) are already on it.
         vertex_offsets = np.cumsum([0] + [len(mesh.vertices) for mesh in meshes])
-        face_counts = torch.tensor([len(mesh.faces) for mesh in meshes], device=device)
-        vertices = torch.from_numpy(np.concatenate([mesh.vertices for mesh in meshes])).to(device)
-        faces = torch.from_numpy(np.concatenate([mesh.faces + start for mesh, start in zip(meshes, vertex_offsets)]))
-        faces = faces.to(device)
-        face_scan = torch.repeat_interleave(torch.arange(len(meshes), device=device), face_counts)
-        rotations = torch.from_numpy(self._rotations).to(device=device, dtype=vertices.dtype)
-        pivot = torch.from_numpy(self._pivot).to(device=device, dtype=vertices.dtype)
+        face_counts = [len(mesh.faces) for mesh in meshes]
+        vertices = to_device(torch.cat([torch.as_tensor(mesh.vertices) for mesh in meshes]), device)
+        faces = to_device(np.concatenate([mesh.faces + start for mesh, start in zip(meshes, vertex_offsets)]), device)
+        face_scan = torch.repeat_interleave(
+            torch.arange(len(meshes), device=device), to_device(face_counts, device), output_size=sum(face_counts)
+        )  # fmt: skip
+        rotations = to_device(self._rotations, device, vertices.dtype)
+        pivot = to_device(self._pivot, device, vertices.dtype)
         view_vertices = (torch.einsum("vij,nj->vni", rotations, vertices - pivot) + pivot).reshape(-1, 3)
         view_normals = torch.einsum("vij,nj->vni", rotations, _vertex_normals(vertices, faces)).reshape(-1, 3)
         view_range = torch.arange(num_views, device=device)

@@ -19,19 +19,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_scenes():
-    """A few small scans: a face-like height field, a sphere and a textured plane (with its own texture file)."""
+    """A few small scans: a face-like height field, a sphere and a textured slanted plane (a texture file of its
+    own; only numpy, PIL and trimesh, which a GPU machine has)."""
     import tempfile
 
     import trimesh
     from PIL import Image
 
     from benchmarks.bench_rendering import face_like_scan
-    from tests.test_rendering import plane_scan
+    from modeling_facet.mesh_io import FaceScan
 
     texture = Path(tempfile.mkdtemp()) / "texture.png"
     Image.fromarray(np.tile(np.linspace(0, 255, 8, dtype=np.uint8)[None, :, None], (8, 1, 3))).save(texture)
-    plane = plane_scan(steps=4)
-    plane.texture_path = str(texture)
+    x, y = np.meshgrid(np.linspace(-40, 40, 4), np.linspace(-40, 40, 4))
+    corner = (np.arange(3)[:, None] * 4 + np.arange(3)).ravel()
+    faces = np.concatenate([np.stack([corner, corner + 1, corner + 5], 1), np.stack([corner, corner + 5, corner + 4], 1)])
+    plane = FaceScan(vertices=np.stack([x, y, 10 + 0.2 * x], -1).reshape(-1, 3).astype(np.float32), faces=faces,
+                     uv=np.stack([x, y], -1).reshape(-1, 2).astype(np.float32) / 80 + 0.5, texture_path=str(texture))
     return [face_like_scan(rows=7, cols=8), trimesh.creation.icosphere(subdivisions=1, radius=40.0), plane]
 
 
@@ -82,7 +86,7 @@ def test_cuda_rasterizer_needs_a_gpu_or_the_simulator():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_kernel_matches_compiled_on_the_gpu():
-    pytest.importorskip("numba.cuda", reason="the CUDA kernel needs numba; rasterizer='auto' falls back to 'vectorized'")
+    pytest.importorskip("numba.cuda", reason="the kernel needs numba; rasterizer='auto' falls back to 'vectorized'")
     assert rasterization.resolve_method("auto", "cuda") == "cuda"
     check_kernel_matches_compiled("cuda")
 
@@ -103,3 +107,33 @@ def test_auto_falls_back_to_the_vectorised_rasterizer_when_the_kernels_fail(monk
     assert "libNVVM" in caplog.text and "libNVVM" in rasterization._CUDA_PROBLEM[0]
     with pytest.raises(RuntimeError, match="libNVVM"):
         rasterization.rasterize(*case, method="cuda")
+
+
+def scans_for_normalisation(tmp_path):
+    """Scans that take every branch of the normalisation: height fields (depth axis z), a face looking along +x
+    (turned onto z), a nose-tip landmark, non-finite and unused vertices, a flat-ish scan (no decisive depth axis)
+    and scans of different sizes in one batch. (Not a sphere: its most frontal points tie, and NumPy's partition
+    and torch's sort break ties differently.)"""
+    from benchmarks.bench_rendering import face_like_scan
+    from modeling_facet.mesh_io import FaceScan
+
+    face, small = face_like_scan(rows=12, cols=13), face_like_scan(rows=6, cols=7, seed=3)
+    sideways = FaceScan(vertices=face.vertices[:, [2, 1, 0]] * [1, 1, -1], faces=face.faces[:, ::-1])
+    marked = FaceScan(vertices=face.vertices, faces=face.faces, landmarks=face.vertices[40:41] + 1.0,
+                      landmark_names=["Nose tip"])  # fmt: skip
+    holes = face.vertices.copy()
+    holes[5] = np.nan
+    broken = FaceScan(vertices=np.concatenate([holes, [[1e3, 1e3, 1e3]]]), faces=face.faces)
+    squashed = FaceScan(vertices=face.vertices * [0.4, 1.0, 1.0], faces=face.faces)  # x and z extents alike
+    return [face, sideways, marked, broken, squashed, small]
+
+
+def test_batched_normalisation_matches_the_per_scan_one(tmp_path):
+    from modeling_facet.rendering import DEFAULT_FACE_SIZE, _prepare, prepare_batch
+
+    scans = scans_for_normalisation(tmp_path)
+    batched = prepare_batch(scans, DEFAULT_FACE_SIZE, False, torch.device("cpu"))
+    for scan, mesh in zip(scans, batched):
+        expected = _prepare(scan, DEFAULT_FACE_SIZE, False)
+        np.testing.assert_array_equal(np.asarray(mesh.faces), expected.faces)
+        np.testing.assert_allclose(mesh.vertices.numpy(), expected.vertices, atol=1e-5)
