@@ -34,7 +34,8 @@ def run(quick: bool) -> dict:
         start = time.perf_counter()
         # `python -m training.cli` is the `facet-vlm` entry point, run from the temporary folder like a user would.
         subprocess.run([sys.executable, "-m", "training.cli", *command[1:]], cwd=folder, check=True,
-                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+                           str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))},
                        stdout=subprocess.DEVNULL)  # fmt: skip
         wall = time.perf_counter() - start
         summary = json.loads((output / "demo_summary.json").read_text())

@@ -207,3 +207,68 @@ def test_cpu_jobs_use_the_idle_cores(monkeypatch):
         assert cpu_threads.use_idle_cores() == 1  # never more threads than the process had
     finally:
         torch.set_num_threads(threads)
+
+
+# On a GPU machine, `python -m pytest -q tests -k cuda` runs these (benchmarks/gpu_check.sh); their bodies also run
+# on the CPU here, so a GPU session only has the device to find wrong.
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def check_training_step_and_prediction(device, tiny):
+    """Default batches (both augmentations), a forward/backward step and predict() on `device`, against the CPU."""
+    from training.evaluate_model import predict
+    from training.train import BatchBuilder, TrainConfig
+
+    config, processor = tiny
+    torch.manual_seed(0)
+    model = FacetVLMForExpressionRecognition(config)
+    cpu_model = FacetVLMForExpressionRecognition(config)
+    cpu_model.load_state_dict(model.state_dict())
+    model.to(device)
+    split, cfg = random_split(config, 6), TrainConfig(preset="tiny")
+    batch = BatchBuilder(cfg, processor, split, device)([0, 3, 5], step_seed=11)
+    cpu_batch = BatchBuilder(cfg, processor, split, "cpu")([0, 3, 5], step_seed=11)
+    assert on(device, batch)
+    torch.testing.assert_close(batch["pixel_values"].cpu(), cpu_batch["pixel_values"], atol=1e-4, rtol=0)
+    outputs = model(**batch)
+    outputs.loss.backward()
+    assert all(p.grad is None or p.grad.device.type == torch.device(device).type for p in model.parameters())
+    prompts = processor(labels=list(EMOTION_LABELS), return_tensors="pt")
+    logits = predict(model, split, dict(prompts), batch_size=4, device=device)
+    np.testing.assert_allclose(logits, predict(cpu_model, split, dict(prompts), batch_size=4), atol=1e-3)
+
+
+def test_training_step_and_prediction_bodies_run_on_the_cpu(tiny):
+    check_training_step_and_prediction("cpu", tiny)
+
+
+@needs_cuda
+def test_cuda_training_step_and_prediction(tiny):
+    check_training_step_and_prediction("cuda", tiny)
+
+
+@needs_cuda
+def test_cuda_default_training_runs(tmp_path):
+    from tests.test_training import tiny_config
+    from training.train import train
+
+    cfg = tiny_config(tmp_path / "run", str(tmp_path / "cache"), epochs=1)  # mixed view augmentation on: the default
+    assert cfg.augment_views and cfg.augment_prompts
+    metrics = train(cfg)
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+@needs_cuda
+def test_cuda_renderer_by_default_and_pipeline(tmp_path):
+    from modeling_facet.pipeline_facet import load_pipeline
+
+    renderer = MultiviewRenderer(image_size=32)
+    assert renderer.device.type == "cuda"
+    np.testing.assert_allclose(renderer.render(small_face()), MultiviewRenderer(image_size=32, device="cpu").render(
+        small_face()), atol=1e-4)  # fmt: skip
+    config = FacetVLMConfig.from_preset("tiny", id2label=dict(enumerate(EMOTION_LABELS)))
+    FacetVLMForExpressionRecognition(config).save_pretrained(tmp_path / "model")
+    FacetVLMProcessor.from_model_config(config).save_pretrained(tmp_path / "model")
+    pipe = load_pipeline(str(tmp_path / "model"), device="cuda")
+    ranked = pipe([small_face(), small_face()], batch_size=2)
+    assert len(ranked) == 2 and len(ranked[0]) == len(EMOTION_LABELS)

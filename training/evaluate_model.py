@@ -122,6 +122,7 @@ def evaluate_checkpoint(model_dir, cfg, output_dir, split: str = "test") -> dict
     from .data import load_splits
 
     model = FacetVLMForExpressionRecognition.from_pretrained(model_dir)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")  # predict() runs where the model is
     processor = FacetVLMProcessor.from_pretrained(model_dir)
     splits = load_splits(cfg, processor.image_processor)
     parts = [splits["train"], splits["test"]] if split == "all" else [splits[split]]
