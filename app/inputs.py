@@ -83,14 +83,18 @@ def _load_scan_bytes(name: str, data: bytes, folder: str) -> FaceScan:
     return scan
 
 
+def _check_entry_count(name: str, data: bytes) -> None:
+    """Refuses an archive of more than MAX_ARCHIVE_ENTRIES entries before zipfile reads its central directory: every
+    central directory record starts with its signature, so counting the signatures bounds the entries (zip64 too)."""
+    entries = data.count(b"PK\x01\x02")
+    if entries > MAX_ARCHIVE_ENTRIES:
+        raise UploadError(name, f"the archive holds {entries:,} entries, more than the {MAX_ARCHIVE_ENTRIES:,} accepted")
+
+
 def _frame_members(name: str, archive: zipfile.ZipFile, max_bytes: int) -> list:
-    """The frame entries of `archive` in natural name order, refusing too many entries, frames whose declared sizes
-    exceed `max_bytes`, and encrypted or unsupported entries before anything is extracted."""
-    entries = archive.infolist()
-    if len(entries) > MAX_ARCHIVE_ENTRIES:
-        raise UploadError(name, f"the archive holds {len(entries):,} entries, more than the {MAX_ARCHIVE_ENTRIES:,} "
-                          "accepted")  # fmt: skip
-    members = [info for info in entries
+    """The frame entries of `archive` in natural name order, refusing frames whose declared sizes exceed `max_bytes`
+    and encrypted or unsupported entries before anything is extracted."""
+    members = [info for info in archive.infolist()
                if not info.is_dir() and os.path.splitext(info.filename)[1].lower() in SCAN_EXTENSIONS]  # fmt: skip
     if not members:
         raise UploadError(name, f"the archive holds no frame files ({', '.join(SCAN_EXTENSIONS)})")
@@ -123,6 +127,7 @@ def _extract(name: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: s
 def _sequence_from_zip(name: str, data: bytes, max_bytes: int) -> FaceInput:
     """Writes the frame files of a zip (any folder depth, natural name order) into a temporary directory and
     returns a lazily read FaceSequence of them; at most `max_bytes` are extracted in all."""
+    _check_entry_count(name, data)
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as error:

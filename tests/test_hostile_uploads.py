@@ -49,11 +49,14 @@ def test_zip_entries_are_read_in_bounded_chunks_whatever_their_headers_say(monke
     assert requested and all(0 < n <= inputs.EXTRACT_CHUNK_BYTES for n in requested)
 
 
-def test_an_archive_of_too_many_entries_is_refused_before_extracting(monkeypatch):
+def test_an_archive_of_too_many_entries_is_refused_before_it_is_read(monkeypatch):
+    """Reading the central directory of 100,000 entries alone took 2.5 s and +67 MB."""
     monkeypatch.setattr(inputs, "MAX_ARCHIVE_ENTRIES", 5)
     data = zip_of({f"{index:03d}.wrl": b"" for index in range(6)})
-    with pytest.raises(UploadError, match=r"many.zip: the archive holds 6 entries, more than the 5 accepted"):
-        load_upload("many.zip", data, 10**6)
+    with monkeypatch.context() as patch:
+        patch.setattr(zipfile, "ZipFile", None)
+        with pytest.raises(UploadError, match=r"many.zip: the archive holds 6 entries, more than the 5 accepted"):
+            load_upload("many.zip", data, 10**6)
     sequence = load_upload("five.zip", zip_of({f"{index:03d}.ply": mesh_bytes("ply") for index in range(5)}), 10**6)
     assert len(sequence.item) == 5
 
