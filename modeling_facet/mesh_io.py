@@ -161,7 +161,7 @@ def _surface_layers(vertices: np.ndarray, faces: np.ndarray) -> float:
     """Total triangle area over the area of the largest side of the bounding box (0 for a mesh without extent)."""
     extent = np.sort(np.ptp(vertices, axis=0).astype(np.float64))
     outline = extent[2] * extent[1]
-    area, chunk = 0.0, 1 << 20  # float64 corners of a million triangles at a time
+    area, chunk = 0.0, 1 << 16  # float64 corners of 65,536 triangles (a few MB) at a time
     for start in range(0, len(faces), chunk):
         a, b, c = (vertices[faces[start : start + chunk, k]].astype(np.float64) for k in range(3))
         area += 0.5 * np.linalg.norm(np.cross(b - a, c - a), axis=1).sum()
@@ -397,14 +397,16 @@ def _merge_shapes(shapes: list) -> FaceScan:
 def _read_wrl(path: str, max_points: int, max_faces: int = DEFAULT_MAX_FACES) -> FaceScan:
     """VRML 2.0 ``IndexedFaceSet`` meshes (BU-3DFE ``_F3D.wrl``, BU-4DFE ``NNN.wrl``), polygons fan-triangulated."""
     text = _strip_wrl_comments(_read_text(path))
-    parts = _WRL_SHAPE.split(text)
-    if len(parts) == 1:
-        raise ScanFormatError(path, "no IndexedFaceSet node, so no coordinates")
-    shapes = [_read_wrl_shape(part, path, max_points, max_faces) for part in parts[1:]]
-    scan = shapes[0] if len(shapes) == 1 else _merge_shapes(shapes)
     url = _WRL_URL.search(text)
-    if url is not None and url.group(1):
-        scan.texture_path = _texture_path(path, url.group(1))
+    texture = "" if url is None else url.group(1)
+    parts = _WRL_SHAPE.split(text)[1:]
+    del text, url  # the shapes' parts are a copy of the text: keep one copy in memory, not two
+    if not parts:
+        raise ScanFormatError(path, "no IndexedFaceSet node, so no coordinates")
+    shapes = [_read_wrl_shape(part, path, max_points, max_faces) for part in parts]
+    scan = shapes[0] if len(shapes) == 1 else _merge_shapes(shapes)
+    if texture:
+        scan.texture_path = _texture_path(path, texture)
     scan.metadata["format"] = "wrl"
     return scan
 
