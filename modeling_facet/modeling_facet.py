@@ -296,6 +296,9 @@ class FacetVLMModel(FacetVLMPreTrainedModel):
     """FACET-VLM encoder: per-view vision embeddings, CVSA, MTGF and temporal pooling into one face embedding,
     and class prototypes from the text tower, all in one joint space."""
 
+    # A classifier checkpoint also holds the L_gf margin, which the encoder alone does not use.
+    _keys_to_ignore_on_load_unexpected = [r"^margin_raw$"]
+
     def __init__(self, config: FacetVLMConfig):
         super().__init__(config)
         num_towers = 1 if config.shared_vision_tower else config.num_views
