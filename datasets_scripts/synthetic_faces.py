@@ -1050,7 +1050,8 @@ def write_bu3dfe_tree(root, num_subjects: int, config: Optional[SyntheticConfig]
     """Write a BU-3DFE-layout tree: ``F0001/F0001_AN01WH_F3D.wrl`` and ``.bnd`` for 6 expressions x 4 intensities
     plus ``NE00`` per subject, and ``synthetic_labels.csv`` (file, subject, expression, intensity, gender, race,
     age, one column per AU) at the root. Returns a summary (root, subjects, models, labels file)."""
-    rows = _run_subjects(_write_bu3dfe_subject, root, num_subjects, config, num_workers, progress, "BU-3DFE")
+    rows = _run_subjects(_write_bu3dfe_subject, root, num_subjects, config, num_workers, progress,
+                        "Synthetic faces (BU-3DFE layout)")
     labels = os.path.join(root, LABELS_FILENAME)
     _write_labels(labels, ["file", "subject", "expression", "intensity", *_META_COLUMNS], rows)
     return {"root": str(root), "subjects": sorted({row[1] for row in rows}), "models": len(rows), "labels": labels}
@@ -1062,7 +1063,8 @@ def write_bu4dfe_tree(root, num_subjects: int, config: Optional[SyntheticConfig]
     ``BU4DFE_BND_V1.1/F001/Angry/000.bnd`` (``%.9g`` or ``%.6f`` per sequence, as in the real release), and a
     per-frame ``synthetic_labels.csv`` (file, subject, expression, frame, intensity = the time-course value,
     gender, race, age, one column per AU). Returns a summary (root, subjects, sequences, frames, labels file)."""
-    rows = _run_subjects(_write_bu4dfe_subject, root, num_subjects, config, num_workers, progress, "BU-4DFE")
+    rows = _run_subjects(_write_bu4dfe_subject, root, num_subjects, config, num_workers, progress,
+                        "Synthetic faces (BU-4DFE layout)")
     labels = os.path.join(root, LABELS_FILENAME)
     _write_labels(labels, ["file", "subject", "expression", "frame", "intensity", *_META_COLUMNS], rows)
     sequences = {(row[1], row[2]) for row in rows}
