@@ -44,7 +44,7 @@ import torch
 
 from .mesh_io import FaceScan, ScanFormatError
 from .rasterization import rasterize, resolve_method, take, to_device, zeros
-from .render_settings import CHANNEL_WIDTHS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, channel_count
+from .render_settings import CHANNEL_WIDTHS, DEFAULT_CHANNELS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, channel_count
 from .render_settings import check_channel as _check_channel
 
 
@@ -434,7 +434,7 @@ class MultiviewRenderer:
         self,
         views=DEFAULT_VIEWS,
         image_size: int = _DEFAULT_IMAGE_SIZE,
-        channels=("shaded", "depth", "normals"),
+        channels=DEFAULT_CHANNELS,
         backend: str = "torch",
         device=None,
         face_size: float = DEFAULT_FACE_SIZE,
