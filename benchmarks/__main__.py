@@ -27,7 +27,7 @@ SPEED = {
     "parsing": "benchmarks.bench_parsing", "rendering": "benchmarks.bench_rendering",
     "processor": "benchmarks.bench_processor", "views": "benchmarks.bench_views",
     "training": "benchmarks.bench_training", "pipeline": "benchmarks.bench_pipeline",
-    "synthetic": "benchmarks.bench_synthetic", "demo": "benchmarks.bench_demo",
+    "synthetic": "benchmarks.bench_synthetic", "demo": "benchmarks.bench_demo", "limits": "benchmarks.bench_limits",
 }  # fmt: skip
 ACCURACY = {"accuracy": "benchmarks.accuracy_study"}
 BENCHMARKS = {**SPEED, **ACCURACY, "pretraining": "benchmarks.pretraining_gain"}

@@ -19,7 +19,7 @@ START_MARKER, END_MARKER = "<!-- results:start -->", "<!-- results:end -->"
 SPEED_BENCHMARKS = {
     "parsing": "Scan parsing", "rendering": "Rendering (3 views, 224 px)", "processor": "Image processor, end to end",
     "views": "Dataset views preparation", "training": "Training step", "pipeline": "Pipeline latency",
-    "synthetic": "Synthetic data generation", "demo": "Main job",
+    "synthetic": "Synthetic data generation", "demo": "Main job", "limits": "Hostile input",
 }  # fmt: skip
 
 
@@ -137,8 +137,26 @@ def _demo(r: dict) -> list:
     ]  # fmt: skip
 
 
+def _limits(r: dict) -> list:
+    cases = r["cases"]
+    titles = {
+        "zip_bomb": lambda c: f"zip upload, one entry declaring 1 KB that inflates to {c['inflated_mb']:,} MB",
+        "many_entries": lambda c: f"zip upload of {c['entries']:,} empty frame entries",
+        "full_screen_triangles": lambda c: f".wrl of 5 vertices and {c['triangles']:,} full-screen triangles, load and render",
+        "parse_memory": lambda c: f".wrl of {c['vertices']:,} vertices, {c['triangles']:,} triangles: load_scan",
+    }  # fmt: skip
+    rows = []
+    for name, title in titles.items():
+        case = cases[name]
+        verdict = "accepted" if case["outcome"] == "accepted" else "refused"
+        rows.append((title(case), f"{verdict} in {_number(case['wall_s'])} s, peak RSS +{_number(case['peak_rss_increase_mb'])} MB",
+                     f"file {_number(case['file_mb'])} MB", f"{case['peak_over_file_size']:.1f}x the file size"))  # fmt: skip
+    return rows
+
+
 SPEED_ROWS = {"parsing": _parsing, "rendering": _rendering, "processor": _processor, "views": _views,
-              "training": _training, "pipeline": _pipeline, "synthetic": _synthetic, "demo": _demo}  # fmt: skip
+              "training": _training, "pipeline": _pipeline, "synthetic": _synthetic, "demo": _demo,
+              "limits": _limits}  # fmt: skip
 
 
 def _environment(r: dict) -> dict:
