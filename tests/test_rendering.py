@@ -62,7 +62,8 @@ def face():
 
 @pytest.fixture(params=["compiled", "vectorized"])
 def rasterizer(request):
-    """The torch backend's rasterizers: compiled on the CPU by default, vectorised on a GPU (tested here on the CPU)."""
+    """The torch backend's CPU-runnable rasterizers: compiled (the CPU default) and vectorised (on GPUs without
+    numba.cuda; tested here on the CPU). The CUDA kernels: tests/test_cuda_rasterizer.py."""
     return request.param
 
 
