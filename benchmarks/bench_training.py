@@ -141,9 +141,10 @@ def _in_fresh_process(*arguments) -> dict:
         return pool.submit(measure_steps, *arguments).result()
 
 
-def run(quick: bool = False, batch_size: int = 32, devices: str | None = None) -> dict:
+def run(quick: bool = False, batch_size: int = 32, devices: str | None = None, presets: str | None = None) -> dict:
     """Samples/s and peak memory of FACET-VLM and of the reference for each preset and device, side by side
-    (`devices`: "cpu", "cuda" or "cpu,cuda"; default every device this machine has)."""
+    (`devices`: "cpu", "cuda" or "cpu,cuda", default every device this machine has; `presets`: e.g. "small,base",
+    default [`PRESETS`] of each device)."""
     from modeling_facet import FacetVLMConfig
 
     steps = 3 if quick else 10
@@ -160,7 +161,7 @@ def run(quick: bool = False, batch_size: int = 32, devices: str | None = None) -
         "runs": [],
     }
     for device in devices:
-        for preset in PRESETS[device]:
+        for preset in presets.split(",") if presets else PRESETS[device]:
             config = FacetVLMConfig.from_preset(preset)
             facet = _in_fresh_process(preset, device, batch_size, steps, {})
             reference = _in_fresh_process(preset, device, batch_size, steps, REFERENCE_OVERRIDES)
@@ -176,6 +177,7 @@ def run(quick: bool = False, batch_size: int = 32, devices: str | None = None) -
 def _add_arguments(parser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="samples per step (train.py's default: 32)")
     parser.add_argument("--devices", default=None, help="cpu, cuda or cpu,cuda (default: every device present)")
+    parser.add_argument("--presets", default=None, help="presets to measure, e.g. small,base (default: per device)")
 
 
 def main() -> None:

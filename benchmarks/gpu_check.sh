@@ -3,8 +3,8 @@
 #   bash ../shared/device/prepare.sh                                   # here, once: fills .device-carry/
 #   run(command="bash .device-carry/on_device.sh bash benchmarks/gpu_check.sh", carry=[".device-carry"])
 # It writes to $OUT: environment.json (torch, CUDA, numba.cuda and the rasterizer "auto" picks), cuda_tests.txt
-# (`pytest -k cuda`), rendering.json, training.json, demo.json and a log per step; a step that fails or runs out of
-# its time is recorded in steps.txt and the others still run.
+# (`pytest -k cuda`), rendering.json, training_small.json, training_base.json (batch 128), demo.json and a log per
+# step; a step that fails or runs out of its time is recorded in steps.txt and the others still run.
 #
 #   bash benchmarks/gpu_check.sh --quick      # every step at its smallest, on any machine (the CPU dry run)
 #
@@ -43,12 +43,12 @@ step() {  # step NAME SECONDS COMMAND...: COMMAND with a time limit (never past 
 # Every step at full size on a GPU; at its smallest, on the CPU, with --quick. The CPU rows of the rendering
 # benchmark run with few repeats either way, and beside competing processes only in its default (full) run.
 if [ $quick = 1 ]; then
-  sizes=2,4 batch=4 devices=cpu demo_flag=--quick
+  sizes=2,4 batch=4 devices=cpu small=tiny base=tiny demo_flag=--quick
 else
-  sizes=1,8,64,256 batch=128 devices=cuda demo_flag=
+  sizes=1,8,64,256 batch=128 devices=cuda small=small base=base demo_flag=
 fi
 
-step environment 30 python - <<'PY'
+step environment 20 python - <<'PY'
 import json, os, torch
 from modeling_facet import rasterization
 info = {"torch": torch.__version__, "cuda_available": torch.cuda.is_available(),
@@ -62,11 +62,14 @@ print(json.dumps(info, indent=2))
 json.dump(info, open(os.path.join(os.environ.get("OUT", "/tmp/gpu_check"), "environment.json"), "w"), indent=2)
 PY
 # Collection errors (a test module whose imports the GPU machine lacks) must not stop the CUDA tests.
-step cuda_tests 100 python -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests -k cuda
+step cuda_tests 90 python -m pytest -q -p no:cacheprovider --continue-on-collection-errors tests -k cuda
 cp "$out/cuda_tests.log" "$out/cuda_tests.txt"
-step rendering 80 python -m benchmarks.bench_rendering --quick --skip-busy --gpu-batch-sizes "$sizes" \
+step rendering 70 python -m benchmarks.bench_rendering --quick --skip-busy --gpu-batch-sizes "$sizes" \
   --output "$out/rendering.json"
-step training 100 python -m benchmarks.bench_training --quick --devices "$devices" --batch-size "$batch" \
-  --output "$out/training.json"
-step demo 160 python -m benchmarks.bench_demo $demo_flag --output "$out/demo.json"
+# One preset per call, so that a slow one cannot take the other's result with it.
+step training_small 50 python -m benchmarks.bench_training --quick --devices "$devices" --presets "$small" \
+  --batch-size "$batch" --output "$out/training_small.json"
+step training_base 80 python -m benchmarks.bench_training --quick --devices "$devices" --presets "$base" \
+  --batch-size "$batch" --output "$out/training_base.json"
+step demo 400 python -m benchmarks.bench_demo $demo_flag --output "$out/demo.json"  # the time left: 160 s or more
 echo "gpu_check: $((SECONDS - started)) s in all; results in $out" | tee -a "$out/steps.txt"
