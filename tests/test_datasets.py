@@ -748,9 +748,9 @@ def test_each_label_vocabulary_has_one_home():
 
 def test_one_registry_feeds_the_builders_info_training_and_publishing(tmp_path):
     from datasets_scripts.registry import BENCHMARKS, DATASETS, benchmark_of
-    from training import data, publish
+    from training import data, dataset_repo, publish
 
-    assert data.DATASETS is DATASETS and publish.BENCHMARKS is BENCHMARKS and publish.benchmark_of is benchmark_of
+    assert data.DATASETS is DATASETS and publish.benchmark_of is benchmark_of is dataset_repo.benchmark_of
     info = BU3DFE(config_name="scans", cache_dir=str(tmp_path)).info
     assert info.citation == BENCHMARKS["bu3dfe"].citation and info.homepage == BENCHMARKS["bu3dfe"].homepage
     assert info.license == "other"
