@@ -68,7 +68,9 @@ def _rendering(r: dict) -> list:
     present = [(label, key) for label, key in rows if key in r]  # older results lack some rows
     table = [(label, f"{_number(r[key])} scans/s", reference, _ratio(r[key], pyrender)) for label, key in present]
     if "cuda_batched_scans_per_s" in r:
-        table.append((f"torch on {r['cuda_device']}, batches of {r['torch_batch_size']}",
+        rasterizer_on_gpu = r.get("cuda_rasterizer", "vectorized")  # the best of the batch sizes timed there
+        table.append((f"torch on {r['cuda_device']} ({rasterizer_on_gpu} rasterizer), batches of "
+                      f"{r.get('cuda_best_batch_size', r['torch_batch_size'])}",
                       f"{_number(r['cuda_batched_scans_per_s'])} scans/s", reference,
                       _ratio(r["cuda_batched_scans_per_s"], pyrender)))  # fmt: skip
     return table
@@ -99,7 +101,8 @@ def _training(r: dict) -> list:
         (f"{run['preset']} preset on {run['device']}, batch {r['batch_size']} ({run['views']} views, "
          f"{run['image_size']} px)",
          f"{_number(run['facet_vlm']['samples_per_s'])} samples/s, peak RSS +{_number(run['facet_vlm']['peak_rss_increase_mb'])} MB"
-         + (f", CUDA peak {_number(run['facet_vlm']['cuda_peak_allocated_mb'])} MB" if run["device"] == "cuda" else ""),
+         + (f", CUDA peak {_number(run['facet_vlm']['cuda_peak_allocated_mb'])} MB" if run["device"] == "cuda" else "")
+         + (f", MFU {run['facet_vlm']['mfu_of_bf16_peak']:.1%}" if "mfu_of_bf16_peak" in run["facet_vlm"] else ""),
          f"CVSA=mean, no MTGF, CE only: {_number(run['reference']['samples_per_s'])} samples/s",
          f"{run['samples_per_s_over_reference']:.2f}x")
         for run in r["runs"]
