@@ -1,9 +1,10 @@
 """torch's thread count for the `facet-vlm` command line's CPU work: the cores that other processes leave idle.
 
 With more threads than idle cores, torch's OpenMP threads wait for each other at every operation, spinning or
-sleeping (OMP_WAIT_POLICY, set to PASSIVE in training/__init__.py): on this project's 2-core machine, busy with other
-jobs (load average 5-6), small-preset training steps ran at 24-27 samples/s with 2 threads against 28-32 with one,
-and the renderer's tensor operations far slower still (benchmarks/bench_rendering.py, `cpu_threads`).
+sleeping (OMP_WAIT_POLICY, which the `facet-vlm` command sets to PASSIVE in training/cli.py): on this project's 2-core
+machine, busy with other jobs (load average 5-6), small-preset training steps ran at 24-27 samples/s with 2 threads
+against 28-32 with one, and the renderer's tensor operations far slower still (benchmarks/bench_rendering.py,
+`cpu_threads`; benchmarks/results/rendering_busy.json).
 """
 
 from __future__ import annotations
