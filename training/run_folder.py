@@ -111,11 +111,11 @@ def check_output_folder(cfg) -> None:
         differences = differing_settings(settings, cfg)
         if differences and cfg.resume:
             raise OutputFolderError(folder, f"--resume: the run there has other settings: {', '.join(differences)} "
-                                    f"(in {path.name}); resume with its settings, or start a new run with "
+                                    f"(in {path.relative_to(folder)}); resume with its settings, or start a new run with "
                                     "--overwrite-output or another --output")  # fmt: skip
         if differences:
             raise OutputFolderError(folder, f"holds a different training run: {', '.join(differences)} (in "
-                                    f"{path.name}); pass --overwrite-output to replace it, or choose another --output")  # fmt: skip
+                                    f"{path.relative_to(folder)}); pass --overwrite-output to replace it, or choose another --output")  # fmt: skip
     checkpoints = checkpointing.complete_checkpoints(folder)
     if checkpoints and not cfg.resume:
         raise OutputFolderError(folder, f"holds checkpoints of this run (up to step {checkpoints[0].name.split('-')[1]}): "
