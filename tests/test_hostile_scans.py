@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from datasets_scripts.common import tree_fingerprint
+from datasets_scripts.scan_writers import write_bnt, write_wrl
 from modeling_facet import mesh_io
-from modeling_facet.mesh_io import ScanFormatError, load_scan, write_bnt, write_wrl
+from modeling_facet.mesh_io import ScanFormatError, load_scan
 from modeling_facet.rendering import _load_texture
 from tests.test_pipeline import face_mesh
 
