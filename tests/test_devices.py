@@ -150,9 +150,11 @@ def test_loss_terms_accumulate_on_the_device_and_are_read_once():
 
 def test_training_benchmark_measures_the_cpu_after_another_device_in_one_process():
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     from benchmarks.bench_training import measure_steps
 
+    AcceleratorState._reset_state(reset_partial_state=True)  # whatever earlier tests of this session left
     Accelerator(mixed_precision="bf16", cpu=True)  # as a CUDA measurement leaves the process-wide state
     result = measure_steps("tiny", "cpu", batch_size=2, steps=1, overrides={})
     assert result["mixed_precision"] == "no" and result["samples_per_s"] > 0
