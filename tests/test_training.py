@@ -1,6 +1,7 @@
 """Training job, resume, cross-validation, evaluation CLI, HF Trainer fine-tuning and distributed runs (tiny preset,
 a few synthetic subjects rendered at 32 px)."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -333,3 +334,35 @@ def test_demo_removes_its_data_cache_unless_told_to_keep_it(tmp_path, monkeypatc
     assert (tmp_path / "kept" / "cache").is_dir()
     demo.run_demo(tmp_path / "shared", num_subjects=2, cache_dir=tmp_path / "my-cache")  # the user's cache stays
     assert (tmp_path / "my-cache" / "downloads").is_dir() and not (tmp_path / "shared" / "cache").exists()
+
+
+def test_windows_of_one_sequence_vote():
+    """A sequence cut into windows is one test example: its windows' logits are averaged into one prediction."""
+    from training.data import ExpressionSplit
+    from training.evaluate_model import decisions
+
+    logits = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 1.5], [0.0, 3.0], [1.0, 0.0]])
+    labels = np.array([0, 0, 0, 1, 1])
+    split = ExpressionSplit(torch.zeros(5, 1, 1, 1, 1, 1), torch.as_tensor(labels), ["anger", "fear"],
+                            subjects=["F001"] * 3 + ["F002"] * 2, metadata=[{}] * 5,
+                            groups=["F001/Angry", "F001/Angry", "F001/Angry", "F002/Fear", "F002/Fear"])  # fmt: skip
+    predictions, references = decisions(logits, labels, split)
+    # F001: mean logits (2/3, 5/6) -> fear; F002: (1/2, 3/2) -> fear.
+    np.testing.assert_array_equal(predictions, [1, 1])
+    np.testing.assert_array_equal(references, [0, 1])
+    assert split.subset([3, 4]).groups == ["F002/Fear", "F002/Fear"]
+    predictions, references = decisions(logits, labels, dataclasses.replace(split, groups=None))
+    np.testing.assert_array_equal(predictions, [0, 1, 1, 1, 0])
+    np.testing.assert_array_equal(references, labels)
+
+
+def test_sliding_window_splits_know_their_sequences(tmp_path, cache_dir):
+    from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
+    from training.data import load_splits
+
+    processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset("tiny"))
+    cfg = tiny_config(tmp_path, cache_dir, dataset="synthetic4d", window_length=8, window_stride=8)
+    test = load_splits(cfg, processor, show_progress=False)["test"]
+    assert len(set(test.groups)) == 12 < len(test)  # the 2 test subjects' 6 sequences, 2-4 windows each
+    whole = load_splits(tiny_config(tmp_path, cache_dir, dataset="synthetic4d"), processor, show_progress=False)
+    assert whole["test"].groups is None

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,6 +40,7 @@ class ExpressionSplit:
     subjects: list = field(default_factory=list)
     metadata: list = field(default_factory=list)
     intensities: np.ndarray | None = None
+    groups: list | None = None  # sliding windows: the sequence each window was cut from (its windows vote)
 
     @property
     def multi_label(self) -> bool:
@@ -55,6 +57,7 @@ class ExpressionSplit:
             frame_mask=None if self.frame_mask is None else self.frame_mask[index],
             subjects=[self.subjects[i] for i in indices], metadata=[self.metadata[i] for i in indices],
             intensities=None if self.intensities is None else self.intensities[indices],
+            groups=None if self.groups is None else [self.groups[i] for i in indices],
         )  # fmt: skip
 
     def relabelled(self, label_names) -> "ExpressionSplit":
@@ -132,7 +135,11 @@ def _to_split(dataset, spec: DatasetSpec, label_names: list, class_ids: list | N
     frame_mask = torch.as_tensor(np.asarray(dataset["frame_mask"][:]), dtype=torch.bool) if "frame_mask" in columns else None
     metadata = [{key: dataset[key][i] for key in ("gender", "age", "race") if key in columns} for i in range(len(rows))]
     intensities = np.asarray(dataset["intensity"][:]) if "intensity" in columns else None
-    return ExpressionSplit(pixels, labels, list(label_names), frame_mask, list(dataset["subject"][:]), metadata, intensities)
+    groups = None
+    if "window_start" in columns and "frame_paths" in columns and any(start > 0 for start in dataset["window_start"][:]):
+        groups = [os.path.dirname(paths[0]) for paths in dataset["frame_paths"][:]]  # a sequence's frames share a folder
+    return ExpressionSplit(pixels, labels, list(label_names), frame_mask, list(dataset["subject"][:]), metadata,
+                           intensities, groups)  # fmt: skip
 
 
 def _with_intensities(split: ExpressionSplit, intensities) -> ExpressionSplit:

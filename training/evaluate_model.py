@@ -86,6 +86,25 @@ def decide(logits: np.ndarray, multi_label: bool) -> np.ndarray:
     return logits.argmax(axis=-1)
 
 
+def vote_by_group(logits: np.ndarray, labels: np.ndarray, groups: list) -> tuple:
+    """Mean logits and the label of each group (in order of first appearance): the windows of one sequence vote."""
+    order = {}
+    index = np.array([order.setdefault(group, len(order)) for group in groups])
+    voted = np.zeros((len(order), logits.shape[1]), dtype=np.float64)
+    np.add.at(voted, index, logits)
+    voted /= np.bincount(index, minlength=len(order))[:, None]
+    first = np.unique(index, return_index=True)[1]
+    return voted, labels[first]
+
+
+def decisions(logits: np.ndarray, labels: np.ndarray, split) -> tuple:
+    """`(predictions, references)` over an [`ExpressionSplit`]: one per sample, or, for sliding windows
+    (`split.groups`), one per sequence from the mean logits of its windows."""
+    if split.groups is not None:
+        logits, labels = vote_by_group(logits, labels, split.groups)
+    return decide(logits, split.multi_label), labels
+
+
 def write_metrics(metrics: dict, output_dir, name: str = "metrics.json") -> Path:
     """Write metrics JSON (and the confusion-matrix PNG next to it for single-label results)."""
     output_dir = Path(output_dir)
@@ -104,7 +123,7 @@ def split_predictions(model, processor, split, label_names, device=None) -> tupl
     prompts = processor(labels=label_names, return_tensors="pt")
     logits = predict(model, split, {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"]},
                      device=device)  # fmt: skip
-    return decide(logits, split.multi_label), split.labels.numpy()
+    return decisions(logits, split.labels.numpy(), split)
 
 
 def evaluate_split(model, processor, split, label_names=None, device=None) -> dict:

@@ -29,7 +29,7 @@ from . import checkpointing, divergence, run_folder
 from .config import TrainConfig, add_arguments, config_from_args
 from .cpu_threads import use_idle_cores
 from .data import ExpressionSplit, is_multi_label, load_splits
-from .evaluate_model import compute_metrics, decide, predict, write_metrics
+from .evaluate_model import compute_metrics, decisions, predict, write_metrics
 from .step_log import LOSS_TERMS, LossMeans
 
 
@@ -284,7 +284,7 @@ def _gathered_metrics(accelerator, model, processor, split: ExpressionSplit) -> 
     keep = order >= 0
     permutation = order[keep].argsort()
     logits, labels = logits[keep][permutation].cpu().numpy(), labels[keep][permutation].cpu().numpy()
-    return compute_metrics(decide(logits, split.multi_label), labels.astype(np.int64), split.label_names)
+    return compute_metrics(*decisions(logits, labels.astype(np.int64), split), split.label_names)
 
 
 def _parameters_in_sync(accelerator, model) -> bool:
