@@ -102,9 +102,9 @@ def _contextualise(encoder: nn.TransformerEncoder, tokens: torch.Tensor):
 
 
 class AttentionPooling(nn.Module):
-    """a_i = softmax_i(exp(tau) w^T tanh(W sqrt(d) x_i)) over a masked token axis; returns (sum_i a_i x_i, a).
+    """a_i = softmax_i(exp(tau) w^T tanh(W sqrt(d) x_i / |x_i|)) over a masked token axis; returns (sum_i a_i x_i, a).
 
-    The tokens are unit vectors, whose coordinates are about 1/sqrt(d): scaled by sqrt(d) they reach tanh's range,
+    Unit vectors have coordinates of about 1/sqrt(d): scaled by sqrt(d) they reach tanh's range,
     so the scores start of order one instead of near zero (where the first version's weights stayed: a mean). The
     learnable log-temperature tau is a scalar, trained in the optimiser's scalar group.
     """
@@ -117,7 +117,8 @@ class AttentionPooling(nn.Module):
         self.input_scale = math.sqrt(dim)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None):
-        scores = self.score(torch.tanh(self.proj(tokens * self.input_scale))).squeeze(-1)
+        directions = F.normalize(tokens, dim=-1)  # the CVSA encoder can grow its tokens: score their directions
+        scores = self.score(torch.tanh(self.proj(directions * self.input_scale))).squeeze(-1)
         scores = scores * self.log_temperature.exp().to(scores.dtype)
         if mask is not None:
             scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
@@ -159,7 +160,9 @@ class MultiviewTextGuidedFusion(nn.Module):
     """MTGF: view tokens attend to the class text prototypes and take in what they attend to.
 
     c_v = CrossAttn(z_v, T, T) (its output projection is W_o), u_v = z_v + c_v, g_v = sigmoid(W_g [z_v ; c_v]),
-    h = f + sum_v a_v g_v * u_v (normalised by the caller). The residual c_v carries the text into h; the first
+    h = f + sum_v a_v g_v * u_v (normalised by the caller), all on unit vectors: the CVSA encoder can grow its
+    tokens, which saturated the attention and the gates (trained with CVSA, the model underfit). The residual c_v
+    carries the text into h; the first
     version's h = f + sum_v a_v g_v * z_v could only rescale f per dimension. Queries and keys are unit vectors
     scaled by sqrt(d), so that the attention starts selective: over unscaled unit vectors it is uniform, and c_v the
     same mean of the prompts for every face. The prompts are a set: the fusion does not depend on their order.
@@ -176,6 +179,7 @@ class MultiviewTextGuidedFusion(nn.Module):
         self.input_scale = math.sqrt(dim)
 
     def forward(self, tokens, view_weights, fused, text_embeds):
+        tokens, fused = F.normalize(tokens, dim=-1), F.normalize(fused, dim=-1)
         values = text_embeds.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
         scale = self.input_scale
         attended, _ = self.cross_attention(tokens * scale, values * scale, values, need_weights=False)
