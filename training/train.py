@@ -72,14 +72,16 @@ class BatchBuilder:
 
     def __init__(self, cfg: TrainConfig, processor, split: ExpressionSplit, device):
         self.cfg, self.processor, self.device = cfg, processor, torch.device(device)
-        # The rendered split is held on the device, its labels also on the host for prompt sampling: a step copies
-        # only its prompts and augmentation parameters there, without waiting for the device (no host sync).
-        self.split, self.host_labels = split.to(self.device), split.labels
+        # The rendered split is held on the device (from the first batch on), its labels also on the host for prompt
+        # sampling: a step copies only its prompts and augmentation parameters there, without waiting for the device.
+        self.split, self.host_labels = split, None
         prompts = processor(labels=split.label_names, exclude_words=cfg.exclude_words, return_tensors="pt")
         self.class_inputs = {"input_ids": to_device(prompts["input_ids"], self.device),
                              "attention_mask": to_device(prompts["attention_mask"], self.device)}  # fmt: skip
 
     def __call__(self, indices, step_seed: int) -> dict:
+        if self.host_labels is None:
+            self.host_labels, self.split = self.split.labels, self.split.to(self.device)
         batch = self.split.batch(indices, device=self.device)
         if self.cfg.augment_views:
             batch["pixel_values"] = self.processor.image_processor.augment_pixel_values(
