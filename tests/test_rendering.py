@@ -411,6 +411,6 @@ def test_pyrender_backend_explains_missing_egl(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(face):
-    cpu = MultiviewRenderer(image_size=64).render_batch([face, plane_scan()])
+    cpu = MultiviewRenderer(image_size=64, device="cpu").render_batch([face, plane_scan()])  # a GPU is the default
     cuda = MultiviewRenderer(image_size=64, device="cuda").render_batch([face, plane_scan()])
     assert np.abs(cpu - cuda).mean() < 1e-4
