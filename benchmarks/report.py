@@ -246,6 +246,48 @@ def pretraining_markdown(r: dict) -> list:
     return lines + [""]
 
 
+def liveness_markdown(r: dict) -> list:
+    """Lines of the component liveness report: what CVSA, MTGF, the scalars and each loss term do in a trained model."""
+    lines = [
+        f"### Component liveness (`liveness.json`): what each part of the trained `{r['run']}` model does", "",
+        f"On its {r['test_samples']} test samples. Command: `{_environment(r).get('command', '-')}`", "",
+    ]  # fmt: skip
+    cvsa = r.get("cvsa")
+    if cvsa:
+        lines += ["CVSA view weights (blanked: that view alone set to the background):", "",
+                  "| view (yaw, pitch) | mean weight | spread across samples | weight when the view is blanked |",
+                  "|---|---|---|---|"]  # fmt: skip
+        for (yaw, pitch), mean, spread, blanked in zip(r["config"]["views"], cvsa["mean"], cvsa["std_across_samples"],
+                                                       cvsa["blanked"]):  # fmt: skip
+            lines.append(f"| ({yaw:g}, {pitch:g}) | {mean:.3f} | {spread:.3f} | {blanked['weight_when_blanked']:.3f} |")
+        lines.append("")
+    mtgf = r.get("mtgf")
+    if mtgf:
+        cases = {"random_text_keys": "random unit vectors as text keys", "mean_text_key": "the mean prompt as the only key",
+                 "skipped": "MTGF skipped (h = norm(f))"}  # fmt: skip
+        lines += [f"MTGF: test accuracy {mtgf['accuracy']:.3f} with the class prompts as its keys (the logits always use "
+                  "the real prompts).", "",
+                  "| MTGF's text replaced by | accuracy | predictions changed | mean cos(h, real h) |", "|---|---|---|---|"]  # fmt: skip
+        for key, title in cases.items():
+            case = mtgf[key]
+            lines.append(f"| {title} | {case['accuracy']:.3f} | {case['predictions_changed'] * 100:.1f} % "
+                         f"| {case['mean_cosine_to_real_h']:.3f} |")  # fmt: skip
+        lines.append("")
+    names = {"logit_scale": "logit scale exp(s)", "margin": "L_gf margin alpha", "cvsa_temperature": "CVSA temperature",
+             "temporal_temperature": "temporal pooling temperature"}  # fmt: skip
+    lines += ["| scalar | first epoch | last epoch |", "|---|---|---|"]
+    for key, title in names.items():
+        values = r["scalars"].get(key) or []
+        if values:
+            lines.append(f"| {title} | {values[0]:.2f} | {values[-1]:.2f} |")
+    gradients = r["loss_gradients"]
+    lines += ["", "| loss term | weight | gradient norm (weighted) | relative to L_ce |", "|---|---|---|---|"]
+    for term, title in (("ce", "L_ce"), ("itc", "L_itc"), ("cons", "L_cons"), ("gf", "L_gf")):
+        lines.append(f"| {title} | {gradients['weights'][term]:g} | {gradients['gradient_norm'][term]:.3f} "
+                     f"| {gradients['relative_to_ce'][term]:.3f} |")  # fmt: skip
+    return lines + [""]
+
+
 def summary_markdown(results: dict) -> str:
     """The Markdown summary of every result: machine, speed table, accuracy table, and how to regenerate it."""
     environments = [_environment(r) for r in results.values() if _environment(r)]
@@ -268,6 +310,8 @@ def summary_markdown(results: dict) -> str:
     lines += speed_markdown(results)
     for name in sorted(name for name in results if name.startswith("accuracy_study")):  # e.g. a quick and a full run
         lines += accuracy_markdown(results[name], f"{name}.json")
+    if "liveness" in results:
+        lines += liveness_markdown(results["liveness"])
     if "pretraining" in results:
         lines += pretraining_markdown(results["pretraining"])
     return "\n".join(lines).rstrip() + "\n"

@@ -168,6 +168,24 @@ def _fixture_results(folder: Path) -> None:
     demo = {"quick": False, "wall_seconds": 331.7, "train_seconds": 245.1, "budget_seconds": 900, "accuracy": 0.925,
             "macro_f1": 0.925, "target_accuracy": 0.9, "test_samples": 240, "environment": {}}  # fmt: skip
     (folder / "demo.json").write_text(json.dumps(demo))
+    liveness = {"run": "outputs/demo", "test_samples": 240,
+                "config": {"cvsa": "attention", "mtgf": True, "views": [[0, 0], [20, 0], [-20, 0]]},
+                "cvsa": {"mean": [0.4, 0.3, 0.3], "std_across_samples": [0.05, 0.02, 0.03],
+                         "mean_abs_deviation_from_uniform": 0.06,
+                         "blanked": [{"view": v, "weight_usual": 0.4 - 0.1 * bool(v), "weight_when_blanked": 0.1}
+                                     for v in range(3)]},
+                "mtgf": {"accuracy": 0.9, "random_text_keys": {"accuracy": 0.5, "predictions_changed": 0.45,
+                                                               "mean_cosine_to_real_h": 0.8},
+                         "mean_text_key": {"accuracy": 0.85, "predictions_changed": 0.1, "mean_cosine_to_real_h": 0.95},
+                         "skipped": {"accuracy": 0.7, "predictions_changed": 0.25, "mean_cosine_to_real_h": 0.9}},
+                "scalars": {"logit_scale": [14.0, 20.0, 30.0], "margin": [0.2, 0.3, 0.35], "cvsa_temperature": [1.0, 1.5, 2.0],
+                            "temporal_temperature": []},
+                "loss_gradients": {"weights": {"ce": 1.0, "itc": 0.5, "cons": 0.1, "gf": 0.1},
+                                   "gradient_norm": {"ce": 2.0, "itc": 1.0, "cons": 0.2, "gf": 0.1},
+                                   "relative_to_ce": {"ce": 1.0, "itc": 0.5, "cons": 0.1, "gf": 0.05}},
+                "environment": {"cpu_model": "Test CPU", "cpu_count": 2,
+                                "command": "python -m benchmarks.liveness --run outputs/demo"}}  # fmt: skip
+    (folder / "liveness.json").write_text(json.dumps(liveness))
 
 
 def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path):
@@ -189,6 +207,10 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
     assert "| Main job | `facet-vlm demo`: whole command, wall time | 332 s (training 245 s) | budget 900 s | 0.37x" in summary
     assert "| 92.5 % (macro F1 0.925) | target 90 % | +2.5 points |" in summary
     assert "| fine-tuned from `outputs/demo/model` | 0.750 | 0.100 | 0.600, 0.900 |" in summary
+    assert "| view (yaw, pitch) | mean weight | spread across samples | weight when the view is blanked |" in summary
+    assert "| (20, 0) | 0.300 | 0.020 | 0.100 |" in summary
+    assert "| random unit vectors as text keys | 0.500 | 45.0 % | 0.800 |" in summary
+    assert "| logit scale exp(s) | 14.00 | 30.00 |" in summary and "| L_gf | 0.1 | 0.100 | 0.050 |" in summary
     text = readme.read_text()
     assert text.startswith("# Project\n\nIntro.\n\n## Usage\n\nText.\n\n## Benchmark results\n")
     assert text.count(report.START_MARKER) == 1 and text.count(report.END_MARKER) == 1
