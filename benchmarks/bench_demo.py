@@ -1,7 +1,7 @@
 """The main job, timed: `facet-vlm demo` (generate the synthetic benchmark, train the small preset, evaluate on
 held-out subjects, save the model, classify one scan) as a user runs it, in a fresh process.
 
-Usage: python -m benchmarks.bench_demo --output FILE.json [--quick]
+Usage: python -m benchmarks.bench_demo --output FILE.json [--quick] [--keep-run DIR]
 
 Records the wall time of the whole command against the 15-minute budget of the main job, the training time, and the
 subject-independent accuracy against its 90 % target. --quick runs 6 subjects for 1 epoch (a check that the command
@@ -26,10 +26,13 @@ TARGET_ACCURACY = 0.90
 QUICK_FLAGS = ["--subjects", "6", "--epochs", "1"]
 
 
-def run(quick: bool) -> dict:
+def run(quick: bool, keep_run: str | None = None) -> dict:
+    """Time the demo in a temporary folder; with `keep_run`, into that folder with its data cache kept (for
+    benchmarks/liveness.py, which reads the trained model and its splits)."""
     with tempfile.TemporaryDirectory(prefix="facet-demo-bench-") as folder:
-        output = Path(folder) / "demo"
+        output = Path(keep_run).resolve() if keep_run else Path(folder) / "demo"
         command = ["facet-vlm", "demo", "--output", str(output)] + (QUICK_FLAGS if quick else [])
+        command += ["--keep-cache"] if keep_run else []
         load_before = load_average()
         start = time.perf_counter()
         # `python -m training.cli` is the `facet-vlm` entry point, run from the temporary folder like a user would.
@@ -56,7 +59,11 @@ def run(quick: bool) -> dict:
 
 
 def main():
-    benchmark_main(run, __doc__, quick_help="6 subjects, 1 epoch: the command works, not a result")
+    def add_arguments(parser):
+        parser.add_argument("--keep-run", help="run the demo into this folder and keep it with its data cache")
+
+    benchmark_main(run, __doc__, quick_help="6 subjects, 1 epoch: the command works, not a result",
+                   add_arguments=add_arguments)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -256,8 +256,10 @@ def test_quick_parsing_run_writes_valid_json(tmp_path):
 
 def test_quick_demo_benchmark_runs_the_main_job(tmp_path):
     # `facet-vlm demo` end to end on 6 subjects for 1 epoch: data, training, evaluation, saving, classifying a scan.
-    subprocess.run([sys.executable, "-m", "benchmarks.bench_demo", "--quick", "--output", str(tmp_path / "demo.json")],
-                   cwd=REPO, check=True, capture_output=True)  # fmt: skip
+    # --keep-run keeps the run with its data cache, which benchmarks/liveness.py reads.
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_demo", "--quick", "--output", str(tmp_path / "demo.json"),
+                    "--keep-run", str(tmp_path / "run")], cwd=REPO, check=True, capture_output=True)  # fmt: skip
+    assert (tmp_path / "run" / "model" / "config.json").is_file() and any((tmp_path / "run" / "cache").iterdir())
     results = json.loads((tmp_path / "demo.json").read_text())
     assert results["quick"] and results["wall_seconds"] > results["train_seconds"] > 0
     assert 0.0 <= results["accuracy"] <= 1.0 and results["test_samples"] > 0
