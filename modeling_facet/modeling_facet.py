@@ -94,11 +94,11 @@ def _transformer_encoder(dim: int, heads: int, layers: int) -> nn.TransformerEnc
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
-def _contextualise(encoder: nn.TransformerEncoder, tokens: torch.Tensor):
+def _contextualise(encoder: nn.TransformerEncoder | None, tokens: torch.Tensor):
     """Run the encoder over the token axis; a single token (one view, or a static scan's one frame) has no context
     and passes unchanged. Over one token the encoder is just a free MLP plus a learned offset, which helped drive
-    training to collapse every face onto one embedding."""
-    return tokens if tokens.shape[1] == 1 else encoder(tokens)
+    training to collapse every face onto one embedding. Without an encoder (no layers) the tokens pass unchanged."""
+    return tokens if encoder is None or tokens.shape[1] == 1 else encoder(tokens)
 
 
 class AttentionPooling(nn.Module):
@@ -138,7 +138,8 @@ class CrossViewSemanticAggregation(nn.Module):
         self.mode = config.cvsa
         dim = config.projection_dim
         if self.mode == "attention":
-            self.encoder = _transformer_encoder(dim, config.fusion_heads, config.fusion_layers)
+            self.encoder = (_transformer_encoder(dim, config.fusion_heads, config.fusion_layers)
+                            if config.fusion_layers else None)  # fmt: skip
             self.pooling = AttentionPooling(dim)
         elif self.mode == "weights":
             self.view_logits = nn.Parameter(torch.zeros(config.num_views))

@@ -566,3 +566,19 @@ def test_view_scores_and_mtgf_do_not_depend_on_the_tokens_scale():
         scaled_h = model.facet.mtgf(10 * tokens, weights, 10 * fused, text)
     torch.testing.assert_close(scaled_weights, weights)
     torch.testing.assert_close(torch.nn.functional.normalize(scaled_h, dim=-1), torch.nn.functional.normalize(h, dim=-1))
+
+
+def test_cvsa_without_its_transformer_pools_the_view_tokens_directly():
+    """fusion_layers=0: CVSA is the attention pooling alone (the small preset's default; with the transformer over
+    the views, training on 60 synthetic people reached 57-75 % train accuracy against 99 % without it)."""
+    model = tiny(fusion_layers=0).eval()
+    assert model.facet.cvsa.encoder is None
+    tokens = torch.nn.functional.normalize(torch.randn(4, 3, 32), dim=-1)
+    with torch.no_grad():
+        contextual, weights, fused = model.facet.cvsa(tokens)
+    torch.testing.assert_close(contextual, tokens)
+    torch.testing.assert_close(fused, (weights.unsqueeze(-1) * tokens).sum(1))
+    assert not torch.allclose(weights[0], weights[1])  # per sample
+    assert FacetVLMConfig.from_preset("small").fusion_layers == 0
+    with pytest.raises(ValueError, match="fusion_layers"):
+        FacetVLMConfig.from_preset("tiny", fusion_layers=-1)
