@@ -161,9 +161,8 @@ class MultiviewTextGuidedFusion(nn.Module):
     """MTGF: view tokens attend to the class text prototypes and take in what they attend to.
 
     c_v = CrossAttn(z_v, T, T) (its output projection is W_o), u_v = z_v + c_v, g_v = sigmoid(W_g [z_v ; c_v]),
-    h = f + sum_v a_v g_v * u_v (normalised by the caller), all on unit vectors: the CVSA encoder can grow its
-    tokens, which saturated the attention and the gates (trained with CVSA, the model underfit). The residual c_v
-    carries the text into h; the first
+    h = f + sum_v a_v g_v * u_v (normalised by the caller), all on unit vectors: a CVSA transformer can grow its
+    tokens, and the attention and the gates then saturate. The residual c_v carries the text into h; the first
     version's h = f + sum_v a_v g_v * z_v could only rescale f per dimension. Queries and keys are unit vectors
     scaled by sqrt(d), so that the attention starts selective: over unscaled unit vectors it is uniform, and c_v the
     same mean of the prompts for every face. The prompts are a set: the fusion does not depend on their order.

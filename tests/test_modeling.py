@@ -553,8 +553,8 @@ def test_trained_cvsa_and_mtgf_do_work():
 
 
 def test_view_scores_and_mtgf_do_not_depend_on_the_tokens_scale():
-    """The CVSA encoder (pre-norm, no final norm) can grow its tokens; the pooling scores and MTGF work on their
-    directions, so neither saturates (trained with both parts, the model underfit: 56-66 % train accuracy)."""
+    """A CVSA transformer (pre-norm, no final norm) can grow its tokens; the pooling scores and MTGF work on their
+    directions, so neither saturates."""
     model = tiny().eval()
     tokens = torch.nn.functional.normalize(torch.randn(4, 3, 32), dim=-1)
     text = torch.nn.functional.normalize(torch.randn(NUM_CLASSES, 32), dim=-1)
