@@ -197,7 +197,8 @@ def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
         f"{s['test_intensities']} (static rows); recipe: {s['recipe']}"
         + ("; **quick mode: a CI-sized check, not a result**" if study.get("quick") else "") + ". "
         f"Paired difference: {s['paired_difference']}. "
-        f"Wall time {_number(study.get('wall_seconds'))} s. Command: `{_environment(study).get('command', '-')}`",
+        f"Wall time {_number(study.get('wall_seconds'))} s. Command: `{_environment(study).get('command', '-')}`"
+        + (f" Note: {study['note']}" if study.get("note") else ""),
         "",
         "| row | metric | test mean | std | train mean | paired difference to the full model [95 % CI] | runs | seconds |",
         "|---|---|---|---|---|---|---|---|",
