@@ -579,6 +579,7 @@ def test_cvsa_without_its_transformer_pools_the_view_tokens_directly():
     torch.testing.assert_close(contextual, tokens)
     torch.testing.assert_close(fused, (weights.unsqueeze(-1) * tokens).sum(1))
     assert not torch.allclose(weights[0], weights[1])  # per sample
-    assert FacetVLMConfig.from_preset("small").fusion_layers == 0
+    small = FacetVLMConfig.from_preset("small")
+    assert small.fusion_layers == 0 and small.cvsa == "mean" and not small.mtgf  # no measured effect: off
     with pytest.raises(ValueError, match="fusion_layers"):
         FacetVLMConfig.from_preset("tiny", fusion_layers=-1)
