@@ -54,6 +54,9 @@ FIVE_VIEWS = [[0.0, 0.0], [20.0, 0.0], [-20.0, 0.0], [40.0, 0.0], [-40.0, 0.0]]
 QUICK = {"subjects": 6, "folds": 2, "run_folds": 2, "seeds": 1, "steps": 4}
 FULL = {"subjects": 60, "folds": 10, "run_folds": 10, "seeds": 3, "steps": 300}  # BU-3DFE's size and protocol
 REFERENCE_ROW = "facet_vlm"
+# The method's parts, on whatever the preset's defaults (the small preset turns them off: no measured effect), so
+# that every ablation row removes one part from the same full model.
+EVERY_PART = {"cvsa": "attention", "mtgf": True}
 
 
 @dataclass(frozen=True)
@@ -119,7 +122,8 @@ def row_config(row: StudyRow, cfg, fold: int, seed: int, roots: dict, workdir):
     sequences = row.dataset == "synthetic4d"
     return dataclasses.replace(
         cfg, dataset=row.dataset, fold=fold, seed=seed, data_dir=str(roots["bu4dfe" if sequences else "bu3dfe"]),
-        model_overrides=dict(row.overrides), exclude_words=list(ZERO_SHOT_WORDS.values()) if row.kind == "zero_shot" else [],
+        model_overrides={**EVERY_PART, **row.overrides},
+        exclude_words=list(ZERO_SHOT_WORDS.values()) if row.kind == "zero_shot" else [],
         train_intensities=None if sequences else cfg.train_intensities,
         test_intensities=None if sequences else cfg.test_intensities,
         output=str(Path(workdir) / "runs" / f"fold-{fold}" / f"seed-{seed}" / row.name),

@@ -113,6 +113,9 @@ def test_every_row_runs_on_the_same_folds_seed_and_recipe(tmp_path):
                c.learning_rate, c.batch_size, c.preset) for c in configs}  # fmt: skip
     assert shared == {(3, 5, 1, cfg.data_seed, cfg.protocol, 10, 7, cfg.learning_rate, cfg.batch_size, cfg.preset)}
     assert len({c.output for c in configs}) == len(configs)
+    for row, c in zip(accuracy_study.ROWS, configs):  # every part on, but for the one a row removes
+        assert c.model_overrides == {**accuracy_study.EVERY_PART, **row.overrides}
+    assert configs[0].model_overrides == {"cvsa": "attention", "mtgf": True}
     zero_shot = next(c for row, c in zip(accuracy_study.ROWS, configs) if row.kind == "zero_shot")
     assert sorted(zero_shot.exclude_words) == sorted(accuracy_study.ZERO_SHOT_WORDS.values())
     augment_views = {row.name: c.augment_views for row, c in zip(accuracy_study.ROWS, configs)}
