@@ -59,6 +59,11 @@ REFERENCE_ROW = "facet_vlm"
 EVERY_PART = {"cvsa": "attention", "mtgf": True}
 
 
+def model_overrides(row) -> dict:
+    """The model config fields `row` trains with: every part of the method, less what the row removes."""
+    return {**EVERY_PART, **row.overrides}
+
+
 @dataclass(frozen=True)
 class StudyRow:
     """One row of the study: how it is trained (`kind`), on which dataset, with which model overrides and metric."""
@@ -122,7 +127,7 @@ def row_config(row: StudyRow, cfg, fold: int, seed: int, roots: dict, workdir):
     sequences = row.dataset == "synthetic4d"
     return dataclasses.replace(
         cfg, dataset=row.dataset, fold=fold, seed=seed, data_dir=str(roots["bu4dfe" if sequences else "bu3dfe"]),
-        model_overrides={**EVERY_PART, **row.overrides},
+        model_overrides=model_overrides(row),
         exclude_words=list(ZERO_SHOT_WORDS.values()) if row.kind == "zero_shot" else [],
         train_intensities=None if sequences else cfg.train_intensities,
         test_intensities=None if sequences else cfg.test_intensities,
@@ -236,7 +241,7 @@ def summarise(row: StudyRow, records: list, reference: list | None = None) -> di
     train_values = [record["train_value"] for record in records if record.get("train_value") is not None]
     summary = {
         "name": row.name, "description": row.description, "kind": row.kind, "dataset": row.dataset,
-        "metric": row.metric, "model_overrides": dict(row.overrides), "training_overrides": dict(row.training_overrides),
+        "metric": row.metric, "model_overrides": model_overrides(row), "training_overrides": dict(row.training_overrides),
         "mean": float(np.mean(values)) if values else None, "std": float(np.std(values)) if values else None,
         "train_mean": float(np.mean(train_values)) if train_values else None,
         "per_run": values, "runs": records, "wall_seconds": round(sum(record["seconds"] for record in records), 1),

@@ -133,7 +133,7 @@ def test_summarise_gives_mean_std_train_and_the_paired_difference():
     summary = accuracy_study.summarise(full, reference, reference)
     assert summary["per_run"] == [0.8, 0.7, 0.9, 0.6, 0.8, 0.7] and summary["wall_seconds"] == 6.0
     assert summary["mean"] == pytest.approx(0.75) and summary["train_mean"] == 1.0
-    assert "paired_difference" not in summary
+    assert "paired_difference" not in summary and summary["model_overrides"] == accuracy_study.EVERY_PART
     # Always 5 points lower on the same (fold, seed): a loss, however much the folds vary.
     lower = accuracy_study.summarise(ablation, _runs([0.75, 0.66, 0.85, 0.55, 0.75, 0.64]), reference)
     paired = lower["paired_difference"]
