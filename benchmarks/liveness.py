@@ -18,6 +18,7 @@ A part of the method is working when it measurably changes the model's output. F
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -84,8 +85,6 @@ def view_weight_report(model, split, class_inputs: dict, background: float) -> d
 
 
 def _with_pixels(split, pixels):
-    import dataclasses
-
     return dataclasses.replace(split, pixel_values=pixels)
 
 

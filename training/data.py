@@ -136,8 +136,9 @@ def _to_split(dataset, spec: DatasetSpec, label_names: list, class_ids: list | N
     metadata = [{key: dataset[key][i] for key in ("gender", "age", "race") if key in columns} for i in range(len(rows))]
     intensities = np.asarray(dataset["intensity"][:]) if "intensity" in columns else None
     groups = None
-    if "window_start" in columns and "frame_paths" in columns and any(start > 0 for start in dataset["window_start"][:]):
-        groups = [os.path.dirname(paths[0]) for paths in dataset["frame_paths"][:]]  # a sequence's frames share a folder
+    windowed = "window_start" in columns and any(start > 0 for start in dataset["window_start"][:])
+    if windowed and "frame_paths" in columns:  # a sequence's frames share a folder
+        groups = [os.path.dirname(paths[0]) for paths in dataset["frame_paths"][:]]
     return ExpressionSplit(pixels, labels, list(label_names), frame_mask, list(dataset["subject"][:]), metadata,
                            intensities, groups)  # fmt: skip
 
