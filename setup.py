@@ -32,6 +32,7 @@ setup(
         "pillow>=10",
         "pyyaml>=6",
         "tqdm>=4.66",
+        "filelock>=3.12",  # one process builds the cached synthetic-pretrained model while others wait
         "matplotlib>=3.8",
     ],
     extras_require={

@@ -1,4 +1,4 @@
-"""The `facet-vlm` command line: demo, train, evaluate, predict, render, inspect, app, publish, bench.
+"""The `facet-vlm` command line: demo, train, pretrain, evaluate, predict, render, inspect, app, publish, bench.
 
 An error of the input, of files or of the network ends the command with one line on stderr naming the input and the
 problem, and a non-zero exit (2; 1 when the Hub cannot be reached); FACET_VLM_TRACEBACK=1 shows the traceback
@@ -80,6 +80,14 @@ def _train(args):
     cfg = config_from_args(args)
     results = cross_validate(cfg) if cfg.cv else train(cfg)
     print(json.dumps({k: v for k, v in results.items() if k != "confusion_matrix"}, indent=2))
+
+
+def _pretrain(args):
+    from training.config import TrainConfig
+    from training.pretraining import synthetic_pretrained
+    from training.train import train
+
+    print(synthetic_pretrained(TrainConfig(preset=args.preset, model_overrides=args.model_overrides), pretrain=train))
 
 
 def _evaluate(args):
@@ -204,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Train FACET-VLM (Accelerate); see training/train.py.")
     add_arguments(train)
     train.set_defaults(handler=_train)
+
+    pretrain = commands.add_parser("pretrain", help="Build (once) the synthetic-pretrained model that benchmark runs "
+                                   "start from, and print its folder; see training/pretraining.py.")  # fmt: skip
+    pretrain.add_argument("--preset", default="small")
+    pretrain.add_argument("--model-overrides", type=json.loads, default={}, help="JSON, as for train")
+    pretrain.set_defaults(handler=_pretrain)
 
     evaluate = commands.add_parser("evaluate", help="Evaluate a trained model on a benchmark split.")
     evaluate.add_argument("model")

@@ -12,6 +12,8 @@ from pathlib import Path
 import yaml
 
 
+DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"  # the main job's recipe
+
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; read from a YAML file (`--config`) and/or command-line flags."""
@@ -34,7 +36,7 @@ class TrainConfig:
     pretrained: str | None = None
     vision_pretrained: str | None = None
     text_pretrained: str | None = None
-    init_from: str | None = None
+    init_from: str = "auto"  # a model folder or repo id, "synthetic", "none" or "auto" (training/pretraining.py)
     model_overrides: dict = field(default_factory=dict)
     epochs: int = 20
     max_steps: int | None = None

@@ -10,11 +10,8 @@ from pathlib import Path
 
 from modeling_facet.pipeline_facet import load_pipeline
 
-from .config import TrainConfig
+from .config import DEMO_CONFIG, TrainConfig
 from .train import train
-
-
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.yaml"
 
 
 def demo_config(output, num_subjects: int = 100, epochs: int | None = None, cache_dir=None,

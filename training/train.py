@@ -25,7 +25,7 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor
 from modeling_facet.rasterization import to_device
 
-from . import checkpointing, divergence, run_folder
+from . import checkpointing, divergence, pretraining, run_folder
 from .config import TrainConfig, add_arguments, config_from_args
 from .cpu_threads import use_idle_cores
 from .data import ExpressionSplit, is_multi_label, load_splits
@@ -41,11 +41,12 @@ def _mixed_precision(requested: str) -> str:
     return "no"
 
 
-def build_model_and_processor(cfg: TrainConfig, multi_label: bool):
-    """The model (from a preset, a FACET-VLM checkpoint, or two pretrained towers) and its processor. The label
-    names are set once the data is loaded (the model itself is label-agnostic: classes are prompts)."""
+def build_model_and_processor(cfg: TrainConfig, multi_label: bool, start=None):
+    """The model (from `start`, a FACET-VLM checkpoint; else from two pretrained towers or a preset) and its
+    processor. The label names are set once the data is loaded (the model itself is label-agnostic: classes are
+    prompts)."""
     labels = {"problem_type": "multi_label_classification" if multi_label else "single_label_classification"}
-    source = cfg.pretrained or cfg.init_from
+    source = cfg.pretrained or start
     if source:
         config = FacetVLMConfig.from_pretrained(source, **labels, **cfg.model_overrides)
         model = FacetVLMForExpressionRecognition.from_pretrained(source, config=config)
@@ -137,10 +138,11 @@ def train(cfg: TrainConfig) -> dict:
         # Static scans leave the temporal transformer unused (and a single view the CVSA encoder).
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    set_seed(cfg.seed)
     output = Path(cfg.output)
     run_folder.prepare_output_folder(cfg, accelerator)  # before any work: refuses a folder holding another run
-    model, processor = build_model_and_processor(cfg, is_multi_label(cfg.dataset))
+    start = cfg.pretrained or pretraining.starting_checkpoint(cfg, pretrain=train)  # may pretrain (once per cache)
+    set_seed(cfg.seed)
+    model, processor = build_model_and_processor(cfg, is_multi_label(cfg.dataset), start)
     with accelerator.main_process_first():  # rank 0 renders and caches; the others read its cache
         splits = load_splits(cfg, processor.image_processor, show_progress=accelerator.is_main_process)
     train_split, test_split = splits["train"], splits["test"]
@@ -218,7 +220,7 @@ def train(cfg: TrainConfig) -> dict:
         recalibrate_batch_norm(accelerator.unwrap_model(model), train_split, cfg.batch_size, accelerator.device)
     metrics = _gathered_metrics(accelerator, model, processor, test_split)
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
-                   data_seed=cfg.data_seed, train_samples=len(train_split), test_samples=len(test_split),
+                   data_seed=cfg.data_seed, init_from=None if start is None else str(start), train_samples=len(train_split), test_samples=len(test_split),
                    world_size=world, parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
     train_metrics = _gathered_metrics(accelerator, model, processor, train_split)

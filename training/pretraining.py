@@ -1,0 +1,97 @@
+"""Where a training run starts: by default (`init_from: auto`), a run on a benchmark starts from FACET-VLM pretrained
+on the synthetic generator, built once per architecture into the HF cache and reused by every later run.
+
+No pretrained image weights install offline, so the image tower learns from the data, and a benchmark has only
+hundreds of scans. On BU-3DFE-layout scans of a real face model (issue 14), the same command reached 69.4 % from
+scratch and 80.6 % starting from the main job's model, and that model's recipe (training/configs/demo.yaml) is the
+pretraining recipe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from filelock import FileLock
+from huggingface_hub import constants
+
+from datasets_scripts.registry import DATASETS
+
+from .config import DEMO_CONFIG, TrainConfig
+
+
+PRETRAINING_CONFIG = DEMO_CONFIG
+# init_from values besides a model folder or Hub repo id.
+AUTO, SYNTHETIC, SCRATCH = "auto", "synthetic", "none"
+
+
+def cache_root() -> Path:
+    """The package's folder in the HF cache ($HF_HOME, default ~/.cache/huggingface)."""
+    return Path(constants.HF_HOME) / "facet-vlm"
+
+
+def pretraining_config(cfg: TrainConfig) -> TrainConfig:
+    """The pretraining run for `cfg`'s architecture (its preset and model overrides), without its output folders."""
+    return TrainConfig.from_yaml(PRETRAINING_CONFIG, preset=cfg.preset, model_overrides=cfg.model_overrides,
+                                 init_from=SCRATCH)  # fmt: skip
+
+
+def pretrained_folder(cfg: TrainConfig) -> Path:
+    """The cache folder of the synthetic-pretrained model for `cfg`'s architecture: named by the preset and a hash
+    of the whole pretraining run, so that another recipe or architecture never reuses it."""
+    settings = json.dumps(dataclasses.asdict(pretraining_config(cfg)), sort_keys=True)
+    return cache_root() / "synthetic-pretrained" / f"{cfg.preset}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+
+
+def starting_checkpoint(cfg: TrainConfig, pretrain) -> str | Path | None:
+    """The checkpoint `cfg`'s run starts from, None for a fresh model: `init_from` when it names a model;
+    for `auto` on a benchmark and for `synthetic`, the synthetic-pretrained model (built with `pretrain`, the
+    training job, when the cache lacks it). `auto` starts a synthetic dataset fresh (the generator is the
+    pretraining data already), and leaves runs from `pretrained` or pretrained towers as they are."""
+    if cfg.init_from == SCRATCH or (cfg.init_from == AUTO and (
+            cfg.pretrained or cfg.vision_pretrained or cfg.text_pretrained
+            or DATASETS[cfg.dataset].benchmark_key == "synthetic")):  # fmt: skip
+        return None
+    if cfg.init_from not in (AUTO, SYNTHETIC):
+        return cfg.init_from
+    return synthetic_pretrained(cfg, pretrain)
+
+
+def synthetic_pretrained(cfg: TrainConfig, pretrain) -> Path:
+    """The cached synthetic-pretrained model folder for `cfg`'s architecture, built by `pretrain` on first use (one
+    process at a time: a second waits for the first's model)."""
+    folder = pretrained_folder(cfg)
+    model = folder / "model"
+    if (model / "config.json").is_file():
+        return model
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise FileNotFoundError(
+            f"{model}: no synthetic-pretrained model for this architecture yet, and a multi-process run does not "
+            f"build it; run `facet-vlm pretrain --preset {cfg.preset}"
+            + (f" --model-overrides '{json.dumps(cfg.model_overrides)}'" if cfg.model_overrides else "")
+            + "` once first, or start from scratch with --init-from none."
+        )
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (model / "config.json").is_file():
+            return model
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        recipe = dataclasses.replace(pretraining_config(cfg), output=str(partial / "run"),
+                                     cache_dir=str(partial / "cache"))  # fmt: skip
+        print(f"Pretraining FACET-VLM ({cfg.preset} preset) on {recipe.synthetic_subjects} synthetic people, once for "
+              f"this architecture, into {folder} (the main job's recipe: about 6 minutes on a 2-core "
+              f"CPU for the small preset; --init-from none skips it).", flush=True)  # fmt: skip
+        metrics = pretrain(recipe)
+        shutil.rmtree(partial / "cache")
+        (partial / "run" / "model").rename(partial / "model")
+        record = {"recipe": dataclasses.asdict(pretraining_config(cfg)),
+                  "metrics": {key: value for key, value in metrics.items() if key != "confusion_matrix"}}  # fmt: skip
+        (partial / "pretraining.json").write_text(json.dumps(record, indent=2))
+        shutil.rmtree(partial / "run")
+        partial.rename(folder)
+    return model
