@@ -1,15 +1,19 @@
-"""What synthetic pretraining adds on a benchmark-sized dataset: FACET-VLM fine-tuned from a model pretrained on
-synthetic subjects (`--init-from`) against the same recipe trained from scratch.
+"""What the default start of `facet-vlm train` adds on faces the generator never made: the default command
+(`--dataset bu3dfe --protocol standard`, which starts from the synthetic-pretrained model, training/pretraining.py)
+against the same command with `--init-from none`, beside the depth-CNN baseline, and the default with each part it
+keeps on removed (mixed view augmentation, L_cons, L_gf), all on the same subject-independent folds and model seeds.
 
-The target stands in for a real benchmark of a few hundred scans: `--subjects` synthetic subjects drawn with another
-generator seed than the pretraining data, so none of its people were seen in pretraining. Both arms train with the
-demo recipe (training/configs/demo.yaml) on the same subject-independent folds of its 5-fold protocol; the first
-`--folds` folds are run.
+The target is a BU-3DFE-layout tree written from the generator's transfer target
+(`SyntheticConfig.transfer_target`: the other shape family and another mesh density than the pretraining data), and
+with another seed, so that neither its people nor its shape basis were seen in pretraining: the transfer measurement
+of issue 14. Each arm's runs pair with the default arm's on the same (fold, seed): the paired difference has a 95 %
+t interval, as in the accuracy study.
 
-Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--pretrained MODEL] [--subjects N] [--folds K]
+Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--subjects N] [--folds K]
+    [--run-folds R] [--seeds S] [--arms default,scratch,...] [--work-dir DIR]
 
-Without --pretrained the demo recipe pretrains a model first (100 subjects: about 6 minutes on the idle 2-core
-machine); `facet-vlm demo`'s `outputs/demo/model` is such a model.
+The first run builds the synthetic-pretrained model into the HF cache (about 6 minutes on the idle 2-core machine);
+each default-recipe run then takes about 4 minutes there, so one fold x 3 seeds of every arm take about an hour.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `facet-vlm` does; read when torch starts OpenMP
 
+import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
@@ -27,79 +32,131 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.common import benchmark_main, load_average  # noqa: E402
+from benchmarks.accuracy_study import paired_difference  # noqa: E402
+from benchmarks.common import load_average, write_json  # noqa: E402
 
 
-TARGET_SEED = 7  # the demo recipe's data (and pretraining) use seed 42
-QUICK = {"subjects": 6, "folds": 1, "epochs": 1, "pretraining_subjects": 8}
-FULL = {"subjects": 20, "folds": 3, "epochs": None, "pretraining_subjects": 100}  # epochs None: the recipe's
+TARGET_SEED = 7  # the pretraining data uses the recipe's seed, 42
+QUICK = {"subjects": 6, "folds": 2, "run_folds": 1, "seeds": 1, "epochs": 1}
+FULL = {"subjects": 60, "folds": 10, "run_folds": 10, "seeds": 3, "epochs": None}  # BU-3DFE's size; the default epochs
+# Arm: (description, its TrainConfig fields besides the default command's). The ablations fine-tune from the default
+# arm's pretrained model (so only the fine-tuning loses the part): each part the defaults keep on must earn its place.
+ARMS = {
+    "default": ("the default command (synthetic-pretrained start)", {}),
+    "scratch": ("`--init-from none` (from scratch)", {"init_from": "none"}),
+    "no_view_augmentation": ("default start, `--no-augment-views`", {"augment_views": False}),
+    "no_l_cons": ("default start, without L_cons", {"model_overrides": {"loss_weight_cons": 0.0}}),
+    "no_l_gf": ("default start, without L_gf", {"model_overrides": {"loss_weight_gf": 0.0}}),
+}
+DEPTH_CNN = "baseline: CNN on one 64x64 frontal depth map (its own recipe)"
+REFERENCE_ARM = "default"
 
 
-def _summary(records: list) -> dict:
-    values = [record["accuracy"] for record in records]
-    return {"mean": float(np.mean(values)), "std": float(np.std(values)), "per_fold": values, "folds": records}
+def target_config(root, workdir, folds: int, epochs: int | None):
+    """`facet-vlm train --dataset bu3dfe --data-dir ROOT --protocol standard` with every other setting its default."""
+    from training.config import TrainConfig
+
+    return TrainConfig(dataset="bu3dfe", data_dir=str(root), protocol="standard", num_folds=folds,
+                       cache_dir=str(Path(workdir) / "cache"), **({"epochs": epochs} if epochs else {}))  # fmt: skip
 
 
-def run(quick: bool = False, pretrained=None, subjects=None, folds=None, work_dir=None) -> dict:
-    """Train both arms on each fold; returns per-fold accuracies, means and the mean gain of pretraining."""
-    from training.demo import demo_config
+def _summary(description: str, records: list, reference: list) -> dict:
+    values = [record["value"] for record in records]
+    train_values = [record["train_value"] for record in records]
+    return {"description": description, "mean": float(np.mean(values)) if values else None, "std": float(np.std(values)) if values else None,
+            "train_mean": float(np.mean(train_values)) if train_values else None, "runs": records,
+            "paired_difference": paired_difference(records, reference)}  # fmt: skip
+
+
+def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None, arms=None, work_dir=None,
+        output=None) -> dict:  # fmt: skip
+    """The default arm, the `arms` named (default: every arm) and the depth CNN on the first `run_folds` folds with
+    `seeds` model seeds each; rewrites `output` after every (fold, seed) and returns the results."""
+    from benchmarks.baselines import DEPTH_CNN_RECIPE, train_depth_cnn
+    from datasets_scripts.synthetic_faces import SyntheticConfig, write_bu3dfe_tree
+    from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
+    from training.data import load_splits
+    from training.pretraining import synthetic_pretrained
     from training.train import train
 
     settings = dict(QUICK if quick else FULL)
-    settings.update({key: value for key, value in (("subjects", subjects), ("folds", folds)) if value})
+    settings.update({key: value for key, value in dict(subjects=subjects, folds=folds, run_folds=run_folds,
+                                                        seeds=seeds).items() if value})  # fmt: skip
+    unknown = set(arms or ()) - set(ARMS)
+    if unknown:
+        raise ValueError(f"Unknown arms {sorted(unknown)}; choose from {list(ARMS)}.")
+    arms = [REFERENCE_ARM, *(arm for arm in (arms or ARMS) if arm != REFERENCE_ARM)]
     workdir = Path(work_dir or tempfile.mkdtemp(prefix="facet-pretraining-gain-"))
-    started, load_before = time.perf_counter(), load_average()
-    pretraining_seconds = None
-    if pretrained is None:
-        source = demo_config(workdir / "pretraining", settings["pretraining_subjects"], settings["epochs"])
-        pretraining_seconds = train(source)["train_seconds"]
-        pretrained = str(Path(source.output) / "model")
-    target = demo_config(workdir / "target", settings["subjects"], settings["epochs"])
-    target = dataclasses.replace(target, seed=TARGET_SEED)
-    arms = {"scratch": {}, "synthetic_pretraining": {"init_from": str(pretrained)}}
-    records = {arm: [] for arm in arms}
-    for fold in range(settings["folds"]):
-        for arm, overrides in arms.items():
-            output = workdir / "target" / f"fold-{fold}" / arm
-            metrics = train(dataclasses.replace(target, fold=fold, output=str(output), **overrides))
-            records[arm].append({"fold": fold, "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-                                 "train_samples": metrics["train_samples"], "test_samples": metrics["num_samples"],
-                                 "train_seconds": round(metrics["train_seconds"], 1)})  # fmt: skip
-            shutil.rmtree(output / "model", ignore_errors=True)
+    started = time.perf_counter()
+    generator = SyntheticConfig(seed=TARGET_SEED).transfer_target()
+    root = workdir / "bu3dfe"
+    if not root.is_dir():
+        write_bu3dfe_tree(root, settings["subjects"], generator, num_workers=min(2, os.cpu_count() or 1),
+                          progress=False)  # fmt: skip
+    cfg = target_config(root, workdir, settings["folds"], settings["epochs"])
+    pretraining_started = time.perf_counter()
+    pretrained = synthetic_pretrained(cfg, pretrain=train)
+    results = {
+        "benchmark": "pretraining_gain", "quick": quick, "complete": False,
+        "settings": {**settings, "target_seed": TARGET_SEED, "target_generator": dataclasses.asdict(generator),
+                     "protocol": cfg.protocol, "preset": cfg.preset, "epochs": cfg.epochs,
+                     "learning_rate": cfg.learning_rate, "depth_cnn_recipe": dataclasses.asdict(DEPTH_CNN_RECIPE),
+                     "command": "facet-vlm train --dataset bu3dfe --data-dir ROOT --protocol standard --fold F "
+                                "--num-folds K --seed S [--init-from none]",
+                     "arms": {arm: ARMS[arm][1] for arm in arms},
+                     "paired_difference": f"arm minus {REFERENCE_ARM} on the same (fold, seed), 95 % t interval"},
+        "pretrained": str(pretrained),
+        "pretraining_seconds": round(time.perf_counter() - pretraining_started, 1),
+        "load_average_before": load_average(),
+    }  # fmt: skip
+    processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset(cfg.preset))
+    records = {name: [] for name in (*arms, "depth_cnn")}
+    for fold in range(settings["run_folds"]):
+        for seed in range(1, settings["seeds"] + 1):
+            for arm in arms:
+                output_dir = workdir / "runs" / f"fold-{fold}" / f"seed-{seed}" / arm
+                fields = {"init_from": str(pretrained), **ARMS[arm][1]} if arm != REFERENCE_ARM else {}
+                metrics = train(dataclasses.replace(cfg, fold=fold, seed=seed, output=str(output_dir),
+                                                    overwrite_output=True, **fields))  # fmt: skip
+                records[arm].append({"fold": fold, "seed": seed, "value": metrics["accuracy"],
+                                     "train_value": metrics["train_metrics"]["accuracy"],
+                                     "seconds": round(metrics["train_seconds"], 1)})  # fmt: skip
+                shutil.rmtree(output_dir / "model", ignore_errors=True)
+            splits = load_splits(dataclasses.replace(cfg, fold=fold), processor, show_progress=False)
+            depth = train_depth_cnn(splits["train"], splits["test"], processor.views, processor.channels, seed=seed)
+            records["depth_cnn"].append({"fold": fold, "seed": seed, "value": depth["accuracy"],
+                                         "train_value": depth["train_accuracy"]})  # fmt: skip
+            descriptions = {**{arm: ARMS[arm][0] for arm in arms}, "depth_cnn": DEPTH_CNN}
+            results["arms"] = {name: _summary(descriptions[name], runs, records[REFERENCE_ARM])
+                               for name, runs in records.items()}  # fmt: skip
+            results["wall_seconds"] = round(time.perf_counter() - started, 1)
+            if output:
+                write_json(results, output, echo=False)
+    results.update(complete=True, load_average_after=load_average())
     if work_dir is None:
         shutil.rmtree(workdir, ignore_errors=True)
-    arms_summary = {arm: _summary(records[arm]) for arm in arms}
-    gains = [tuned - scratch for tuned, scratch in zip(arms_summary["synthetic_pretraining"]["per_fold"],
-                                                       arms_summary["scratch"]["per_fold"])]  # fmt: skip
-    return {
-        "quick": quick,
-        "settings": {
-            "target_subjects": settings["subjects"], "target_seed": TARGET_SEED, "folds_run": settings["folds"],
-            "num_folds": target.num_folds, "epochs": target.epochs, "preset": target.preset,
-            "learning_rate": target.learning_rate, "test_intensities": target.test_intensities,
-            "recipe": "training.demo.demo_config with the target's subjects and seed",
-        },  # fmt: skip
-        "pretrained": str(pretrained),
-        "pretraining_seconds": pretraining_seconds,
-        "arms": arms_summary,
-        "gain_per_fold": gains,
-        "mean_gain": float(np.mean(gains)),
-        "load_average_before": load_before,
-        "load_average_after": load_average(),
-        "wall_seconds": round(time.perf_counter() - started, 1),
-    }
+    return results
 
 
 def add_arguments(parser):
-    parser.add_argument("--pretrained", help="a FACET-VLM model folder to fine-tune (default: pretrain one first)")
     parser.add_argument("--subjects", type=int, help=f"target subjects (default {FULL['subjects']}, quick 6)")
-    parser.add_argument("--folds", type=int, help=f"folds to run (default {FULL['folds']}, quick 1)")
+    parser.add_argument("--folds", type=int, help=f"subject-independent folds (default {FULL['folds']})")
+    parser.add_argument("--run-folds", type=int, help="run the first R folds (default: all)")
+    parser.add_argument("--seeds", type=int, help=f"model seeds per fold (default {FULL['seeds']})")
+    parser.add_argument("--arms", type=lambda text: text.split(","), help=f"comma-separated arms (default: all of "
+                        f"{', '.join(ARMS)}); the default arm always runs")
     parser.add_argument("--work-dir", help="keep the data and runs in this folder (default: a temporary one)")
 
 
-def main():
-    benchmark_main(run, __doc__, quick_help="CI-sized: tiny pretraining, 6 subjects, 1 fold, 1 epoch",
-                   add_arguments=add_arguments)  # fmt: skip
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True, help="JSON file to write (rewritten after every fold)")
+    parser.add_argument("--quick", action="store_true", help="CI-sized: 6 subjects, 1 fold, 1 seed, 1 epoch")
+    add_arguments(parser)
+    arguments = parser.parse_args(argv)
+    results = run(**vars(arguments))
+    write_json(results, arguments.output)
+    return results
 
 
 if __name__ == "__main__":

@@ -184,6 +184,14 @@ def speed_markdown(results: dict) -> list:
     return lines + [""]
 
 
+def _paired_cell(paired: dict | None) -> str:
+    """'+1.2 points [-0.3, +2.7]: no measurable effect' from a paired difference (accuracy_study.paired_difference)."""
+    if not paired or paired["mean"] is None:
+        return "-"
+    interval = f" [{paired['ci95'][0] * 100:+.1f}, {paired['ci95'][1] * 100:+.1f}]" if paired["ci95"] else ""
+    return f"{paired['mean'] * 100:+.1f} points{interval}: {paired['verdict']}"
+
+
 def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
     """Lines of the accuracy table: per row the test metric (mean +- std over the (fold, seed) runs), the train
     metric, and the paired difference to the full model with its 95 % interval and verdict."""
@@ -204,15 +212,9 @@ def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
         "|---|---|---|---|---|---|---|---|",
     ]  # fmt: skip
     for row in study["rows"]:
-        paired = row.get("paired_difference")
-        difference = "-"
-        if paired and paired["mean"] is not None:
-            interval = (f" [{paired['ci95'][0] * 100:+.1f}, {paired['ci95'][1] * 100:+.1f}]"
-                        if paired["ci95"] else "")  # fmt: skip
-            difference = f"{paired['mean'] * 100:+.1f} points{interval}: {paired['verdict']}"
         lines.append(f"| {row['description']} | {row['metric']} | {_number(row['mean'], 3)} | {_number(row['std'], 3)} "
-                     f"| {_number(row['train_mean'], 3)} | {difference} | {len(row['per_run'])} "
-                     f"| {_number(row['wall_seconds'], 0)} |")  # fmt: skip
+                     f"| {_number(row['train_mean'], 3)} | {_paired_cell(row.get('paired_difference'))} "
+                     f"| {len(row['per_run'])} | {_number(row['wall_seconds'], 0)} |")  # fmt: skip
     zero_shot = next((row for row in study["rows"] if row["kind"] == "zero_shot" and row["runs"]), None)
     if zero_shot:
         seen = sorted({word for run in zero_shot["runs"] for word in run.get("words_in_training_class_prompts", [])})
@@ -224,26 +226,29 @@ def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
 
 
 def pretraining_markdown(r: dict) -> list:
-    """Lines of the synthetic-pretraining table: accuracy of each arm per fold, and the gain."""
+    """Lines of the default-start table: per arm the test accuracy (mean +- std over the (fold, seed) runs), the train
+    accuracy, and the paired difference to the default command with its 95 % interval and verdict."""
     s = r["settings"]
-    arms = {"scratch": "from scratch (small preset)", "synthetic_pretraining": f"fine-tuned from `{r['pretrained']}`"}
+    state = "" if r.get("complete") else " **(incomplete: still running or stopped; runs so far)**"
+    generator = s["target_generator"]
     lines = [
-        "### What synthetic pretraining adds (`--init-from`): `pretraining.json`", "",
-        f"Target: {s['target_subjects']} synthetic subjects of other people (generator seed {s['target_seed']}), "
-        f"folds 0-{s['folds_run'] - 1} of {s['num_folds']}, {s['epochs']} epoch(s), test intensities "
-        f"{s['test_intensities']}; recipe: {s['recipe']}"
+        "### What the default start adds, on faces of another shape family: `pretraining.json`" + state, "",
+        f"Target: a BU-3DFE-layout tree of {s['subjects']} synthetic people from the generator's transfer target "
+        f"(shape family {generator['shape_family']!r}, {generator['grid_spacing_mm']} mm mesh spacing, seed "
+        f"{s['target_seed']}); the pretrained model (`{r['pretrained']}`, {_number(r.get('pretraining_seconds'), 0)} "
+        f"s to build) saw only the other family. Standard protocol, folds 0-{s['run_folds'] - 1} of {s['folds']}, "
+        f"model seeds 1-{s['seeds']}; `{s['command']}`"
         + ("; **quick mode: a CI-sized check, not a result**" if r.get("quick") else "") + ". "
-        f"Mean gain of pretraining: **{r['mean_gain'] * 100:+.1f} points** (per fold "
-        + ", ".join(f"{gain * 100:+.1f}" for gain in r["gain_per_fold"]) + "). "
+        f"Paired difference: {s['paired_difference']}. Wall time {_number(r.get('wall_seconds'))} s. "
         f"Command: `{_environment(r).get('command', '-')}`",
         "",
-        "| arm | mean accuracy | std | per fold |",
-        "|---|---|---|---|",
+        "| arm | test accuracy | std | train accuracy | paired difference to the default [95 % CI] | runs |",
+        "|---|---|---|---|---|---|",
     ]  # fmt: skip
-    for arm, title in arms.items():
-        summary = r["arms"][arm]
-        folds = ", ".join(f"{value:.3f}" for value in summary["per_fold"])
-        lines.append(f"| {title} | {_number(summary['mean'], 3)} | {_number(summary['std'], 3)} | {folds} |")
+    for summary in r.get("arms", {}).values():
+        lines.append(f"| {summary['description']} | {_number(summary['mean'], 3)} | {_number(summary['std'], 3)} "
+                     f"| {_number(summary['train_mean'], 3)} | {_paired_cell(summary['paired_difference'])} "
+                     f"| {len(summary['runs'])} |")  # fmt: skip
     return lines + [""]
 
 

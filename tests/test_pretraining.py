@@ -1,5 +1,6 @@
 """The default start of a benchmark run: the synthetic-pretrained model, built once into the HF cache and reused."""
 
+import dataclasses
 import json
 
 import pytest
@@ -88,3 +89,24 @@ def test_a_run_records_where_it_started(tmp_path, tiny_recipe):
     scratch = train(TrainConfig(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2, preset="tiny",
                                 max_steps=1, batch_size=8, output=str(tmp_path / "scratch"), cache_dir=cache_dir))
     assert scratch["init_from"] is None
+
+
+def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, tiny_recipe, monkeypatch):
+    from benchmarks import pretraining_gain
+    from benchmarks.report import pretraining_markdown
+
+    command = pretraining_gain.target_config
+    monkeypatch.setattr(pretraining_gain, "target_config", lambda *args: dataclasses.replace(
+        command(*args), preset="tiny", max_steps=2, batch_size=8))  # fmt: skip
+    with pytest.raises(ValueError, match=r"Unknown arms \['bogus'\]"):
+        pretraining_gain.run(quick=True, arms=["bogus"])
+    results = pretraining_gain.run(quick=True, arms=["scratch", "no_l_gf"], work_dir=tmp_path / "work",
+                                   output=tmp_path / "gain.json")  # fmt: skip
+    assert list(results["arms"]) == ["default", "scratch", "no_l_gf", "depth_cnn"]
+    for summary in results["arms"].values():
+        assert len(summary["runs"]) == 1 and 0 <= summary["mean"] <= 1 and 0 <= summary["train_mean"] <= 1
+    assert results["arms"]["scratch"]["paired_difference"]["pairs"] == 1
+    assert results["settings"]["target_generator"]["shape_family"] == "b", "the pretraining saw family a"
+    assert json.loads((tmp_path / "gain.json").read_text())["arms"].keys() == results["arms"].keys()
+    table = "\n".join(pretraining_markdown(results))
+    assert "| `--init-from none` (from scratch) |" in table and "quick mode" in table
