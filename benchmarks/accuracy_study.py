@@ -4,9 +4,11 @@ Every row is trained and tested on the SAME subject-independent folds (the demo 
 the folds depend only on the subject count and fold count) and, for each fold, with the SAME model seeds: the model
 seed (initialisation, data order, augmentation) is separate from the data seed (folds, synthetic people), so a
 difference between two rows is measured on pairs that share the fold and the seed. Training is budgeted in steps,
-not epochs, so that rows with more or fewer examples get the same number of updates. For every row the study reports
-the test and train metric over the (fold, seed) runs, and the paired difference to the full model with a 95 % t
-interval over those pairs: a part whose interval does not exclude zero has "no measurable effect".
+not epochs, so that rows with more or fewer examples get the same number of updates; the depth CNN alone trains with
+its own recipe (`benchmarks.baselines.DEPTH_CNN_RECIPE`, recorded in its row), as a baseline deserves its best shot.
+For every row the study reports the test and train metric over the (fold, seed) runs, and the paired difference to
+the full model with a 95 % t interval over those pairs: a part whose interval does not exclude zero has "no
+measurable effect".
 
 Rows: FACET-VLM with every part; without CVSA (mean of the views); without MTGF; without L_cons; without L_gf; a
 single frontal view; 5 views (yaw 0, +-20, +-40); with mixed view augmentation; with view occlusion; the baselines of
@@ -170,7 +172,7 @@ def _zero_shot(cfg, trained: dict) -> dict:
 
 def run_row(row: StudyRow, cfg) -> dict:
     """Train and test `row` with `cfg` (see [`row_config`]); the metrics of its test split, with the training split's
-    as `train_metrics`. The baselines train for the epochs that match the step budget."""
+    as `train_metrics`. MVCNN trains for the epochs that match the step budget, the depth CNN with its own recipe."""
     from benchmarks.baselines import depth_logistic_regression, train_depth_cnn, train_mvcnn
     from training.train import train
 
@@ -179,13 +181,12 @@ def run_row(row: StudyRow, cfg) -> dict:
         return _zero_shot(cfg, metrics) if row.kind == "zero_shot" else metrics
     config, splits = _splits(cfg)
     train_split, test_split = splits["train"], splits["test"]
-    epochs = max(1, math.ceil(cfg.max_steps * cfg.batch_size / len(train_split)))
     if row.kind == "depth_logreg":
         metrics = depth_logistic_regression(train_split, test_split, config.views, config.channels)
     elif row.kind == "depth_cnn":
-        metrics = train_depth_cnn(train_split, test_split, config.views, config.channels, epochs=epochs,
-                                  batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed)  # fmt: skip
+        metrics = train_depth_cnn(train_split, test_split, config.views, config.channels, seed=cfg.seed)
     elif row.kind == "mvcnn":
+        epochs = max(1, math.ceil(cfg.max_steps * cfg.batch_size / len(train_split)))
         metrics = train_mvcnn(train_split, test_split, epochs=epochs, batch_size=cfg.batch_size,
                               learning_rate=cfg.learning_rate, seed=cfg.seed)  # fmt: skip
     else:
@@ -236,7 +237,8 @@ def paired_difference(records: list, reference: list) -> dict:
 
 def summarise(row: StudyRow, records: list, reference: list | None = None) -> dict:
     """Mean, std (ddof=0) and per-run values of `row`'s test metric over the (fold, seed) runs so far, the mean train
-    metric, and (with the reference row's records) the paired difference to the full model."""
+    metric, the depth CNN's training recipe, and (with the reference row's records) the paired difference to the full
+    model."""
     values = [record["value"] for record in records]
     train_values = [record["train_value"] for record in records if record.get("train_value") is not None]
     summary = {
@@ -246,6 +248,10 @@ def summarise(row: StudyRow, records: list, reference: list | None = None) -> di
         "train_mean": float(np.mean(train_values)) if train_values else None,
         "per_run": values, "runs": records, "wall_seconds": round(sum(record["seconds"] for record in records), 1),
     }  # fmt: skip
+    if row.kind == "depth_cnn":
+        from benchmarks.baselines import DEPTH_CNN_RECIPE
+
+        summary["recipe"] = dataclasses.asdict(DEPTH_CNN_RECIPE)
     if reference is not None and row.name != REFERENCE_ROW and row.metric == "accuracy" and row.dataset == "synthetic":
         summary["paired_difference"] = paired_difference(records, reference)
     return summary

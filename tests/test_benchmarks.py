@@ -2,6 +2,7 @@
 
 No timings are asserted here; benchmarks/ measures speed."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import torch
 from benchmarks import accuracy_study, report
 from benchmarks.__main__ import BENCHMARKS, SPEED, selected
 from benchmarks.baselines import (
-    MultiviewCNN, depth_logistic_regression, frontal_depth_maps, frontal_depth_split, train_depth_cnn, train_mvcnn,
+    DEPTH_CNN_RECIPE, MultiviewCNN, depth_logistic_regression, frontal_depth_maps, frontal_depth_split, random_shift,
+    train_depth_cnn, train_mvcnn,
 )
 from modeling_facet import FacetVLMConfig
 from training.data import ExpressionSplit
@@ -72,9 +74,47 @@ def test_depth_cnn_sees_only_the_frontal_depth_map_and_learns_it():
     assert tuple(reduced.pixel_values.shape) == (len(train), 1, 1, 8, 8)
     torch.testing.assert_close(reduced.pixel_values.float().mean(dim=(1, 2, 3, 4)),
                                train.pixel_values[:, 1, 1].float().mean(dim=(1, 2)), atol=1e-2, rtol=1e-2)  # fmt: skip
-    metrics = train_depth_cnn(train, test, VIEWS, CHANNELS, epochs=30, batch_size=8, learning_rate=1e-2)
+    recipe = dataclasses.replace(DEPTH_CNN_RECIPE, epochs=30, batch_size=8)  # its size, shifts, lr and decay
+    metrics = train_depth_cnn(train, test, VIEWS, CHANNELS, recipe)
     assert metrics["accuracy"] >= 0.8 and metrics["train_accuracy"] >= 0.8  # the class is a bright depth row
-    assert metrics["views"] == 1 and metrics["input"].startswith("frontal depth map")
+    assert metrics["views"] == 1 and metrics["input"] == "frontal depth map, 64x64"
+    assert metrics["recipe"] == dataclasses.asdict(recipe) and metrics["epochs"] == 30
+
+
+def test_random_shift_translates_each_image_by_at_most_max_shift_with_edges_repeated():
+    images = torch.arange(2 * 3 * 36, dtype=torch.float32).view(2, 3, 1, 6, 6)
+    assert random_shift(images, 0, torch.Generator()) is images
+    shifted = random_shift(images, 1, torch.Generator().manual_seed(0))
+    assert shifted.shape == images.shape
+    padded = torch.nn.functional.pad(images.flatten(0, 2)[:, None], (1, 1, 1, 1), mode="replicate")[:, 0]
+    crops = [{padded[i, y : y + 6, x : x + 6] for y in range(3) for x in range(3)} for i in range(6)]
+    for i, image in enumerate(shifted.flatten(0, 2)):
+        assert any(torch.equal(image, crop) for crop in crops[i])
+    offsets = {tuple(torch.nonzero(image == images.flatten(0, 2)[i, 2, 2])[0].tolist())
+               for i, image in enumerate(random_shift(images, 1, torch.Generator().manual_seed(1)).flatten(0, 2))}
+    assert len(offsets) > 1  # every image draws its own offset
+
+
+def test_the_study_trains_the_depth_cnn_with_its_own_recipe_not_facet_vlms(monkeypatch, tmp_path):
+    """Whatever FACET-VLM's step budget and learning rate, the depth-CNN row trains with DEPTH_CNN_RECIPE (model
+    seed from the run) and its JSON row records that recipe."""
+    import benchmarks.baselines
+
+    calls = []
+    split = tiny_split(["F0001"])
+    config = FacetVLMConfig.from_preset("tiny")
+    monkeypatch.setattr(accuracy_study, "_splits", lambda cfg: (config, {"train": split, "test": split}))
+    monkeypatch.setattr(benchmarks.baselines, "train_depth_cnn",
+                        lambda *args, **kwargs: calls.append((args, kwargs)) or {"train_accuracy": 1.0})  # fmt: skip
+    row = next(row for row in accuracy_study.ROWS if row.kind == "depth_cnn")
+    for steps, learning_rate in ((7, 1e-4), (3000, 0.5)):
+        cfg = accuracy_study.study_config(subjects=10, folds=5, steps=steps, workdir=tmp_path)
+        accuracy_study.run_row(row, dataclasses.replace(cfg, learning_rate=learning_rate, seed=3))
+    assert [call[1] for call in calls] == [{"seed": 3}] * 2  # the default recipe, nothing from the FACET-VLM cfg
+    assert calls[0][0][2:] == (config.views, config.channels)
+    recipe = accuracy_study.summarise(row, [])["recipe"]
+    assert recipe == dataclasses.asdict(DEPTH_CNN_RECIPE) and recipe["learning_rate"] == 2e-3
+    assert "recipe" not in accuracy_study.summarise(accuracy_study.ROWS[0], [])
 
 
 def test_baselines_refuse_multi_label_and_sequence_splits():
