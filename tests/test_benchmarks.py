@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import accuracy_study, report
+from benchmarks import accuracy_study, pretraining_gain, report
 from benchmarks.__main__ import BENCHMARKS, SPEED, selected
 from benchmarks.baselines import (
     DEPTH_CNN_RECIPE, MultiviewCNN, depth_logistic_regression, frontal_depth_maps, frontal_depth_split, random_shift,
@@ -200,11 +200,14 @@ def _fixture_results(folder: Path) -> None:
                           "batch_size": 32, "learning_rate": 0.002, "test_intensities": [3, 4], "recipe": "demo",
                           "paired_difference": "row minus facet_vlm", "zero_shot_words": accuracy_study.ZERO_SHOT_WORDS},
              "environment": {"cpu_model": "Test CPU", "cpu_count": 2, "command": "python -m benchmarks.accuracy_study"}}  # fmt: skip
-    arm = {"mean": 0.6, "std": 0.1, "per_fold": [0.5, 0.7]}
-    pretraining = {"quick": False, "pretrained": "outputs/demo/model", "mean_gain": 0.15, "gain_per_fold": [0.1, 0.2],
-                   "arms": {"scratch": arm, "synthetic_pretraining": {**arm, "mean": 0.75, "per_fold": [0.6, 0.9]}},
-                   "settings": {"target_subjects": 20, "target_seed": 7, "folds_run": 2, "num_folds": 5, "epochs": 12,
-                                "test_intensities": [3, 4], "recipe": "demo"}, "environment": {}}  # fmt: skip
+    default = _runs([0.8, 0.8])
+    pretraining = {"quick": False, "complete": True, "pretrained": "hf-cache/model", "pretraining_seconds": 360.0,
+                   "arms": {"default": pretraining_gain._summary("the default command", default, default),
+                            "scratch": pretraining_gain._summary("from scratch", _runs([0.6, 0.7]), default)},
+                   "settings": {"subjects": 60, "folds": 10, "run_folds": 1, "seeds": 2, "target_seed": 7,
+                                "target_generator": {"shape_family": "b", "grid_spacing_mm": 2.4},
+                                "command": "facet-vlm train --dataset bu3dfe", "paired_difference": "arm minus default"},
+                   "environment": {}}  # fmt: skip
     (folder / "parsing.json").write_text(json.dumps(parsing))
     (folder / "accuracy_study.json").write_text(json.dumps(study))
     (folder / "pretraining.json").write_text(json.dumps(pretraining))
@@ -246,10 +249,10 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
             assert f"| {row.description} | {row.metric} | 0.500 | 0.000 | 1.000 |" in summary
     assert "| without MTGF | accuracy | 0.450 | 0.050 | 1.000 | -5.0 points [-68.5, +58.5]: no measurable effect | 2 |" in summary
     assert "Of these, disgusted appeared in the training class prompts" in summary
-    assert "Mean gain of pretraining: **+15.0 points** (per fold +10.0, +20.0)" in summary
+    assert "shape family 'b', 2.4 mm mesh spacing, seed 7); the pretrained model (`hf-cache/model`, 360 s" in summary
     assert "| Main job | `facet-vlm demo`: whole command, wall time | 332 s (training 245 s) | budget 900 s | 0.37x" in summary
     assert "| 92.5 % (macro F1 0.925) | target 90 % | +2.5 points |" in summary
-    assert "| fine-tuned from `outputs/demo/model` | 0.750 | 0.100 | 0.600, 0.900 |" in summary
+    assert "| from scratch | 0.650 | 0.050 | 1.000 | -15.0 points [-78.5, +48.5]: no measurable effect | 2 |" in summary
     assert "| view (yaw, pitch) | mean weight | spread across samples | weight when the view is blanked |" in summary
     assert "| (20, 0) | 0.300 | 0.020 | 0.100 |" in summary
     assert "| random unit vectors as text keys | 0.500 | 45.0 % | 0.800 |" in summary
