@@ -63,7 +63,8 @@ def target_config(root, workdir, folds: int, epochs: int | None):
 def _summary(description: str, records: list, reference: list) -> dict:
     values = [record["value"] for record in records]
     train_values = [record["train_value"] for record in records]
-    return {"description": description, "mean": float(np.mean(values)) if values else None, "std": float(np.std(values)) if values else None,
+    return {"description": description, "mean": float(np.mean(values)) if values else None,
+            "std": float(np.std(values)) if values else None,
             "train_mean": float(np.mean(train_values)) if train_values else None, "runs": records,
             "paired_difference": paired_difference(records, reference)}  # fmt: skip
 
@@ -111,6 +112,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     }  # fmt: skip
     processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset(cfg.preset))
     records = {name: [] for name in (*arms, "depth_cnn")}
+    descriptions = {**{arm: ARMS[arm][0] for arm in arms}, "depth_cnn": DEPTH_CNN}
     for fold in range(settings["run_folds"]):
         for seed in range(1, settings["seeds"] + 1):
             for arm in arms:
@@ -126,7 +128,6 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
             depth = train_depth_cnn(splits["train"], splits["test"], processor.views, processor.channels, seed=seed)
             records["depth_cnn"].append({"fold": fold, "seed": seed, "value": depth["accuracy"],
                                          "train_value": depth["train_accuracy"]})  # fmt: skip
-            descriptions = {**{arm: ARMS[arm][0] for arm in arms}, "depth_cnn": DEPTH_CNN}
             results["arms"] = {name: _summary(descriptions[name], runs, records[REFERENCE_ARM])
                                for name, runs in records.items()}  # fmt: skip
             results["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -240,7 +240,7 @@ def pretraining_markdown(r: dict) -> list:
         f"model seeds 1-{s['seeds']}; `{s['command']}`"
         + ("; **quick mode: a CI-sized check, not a result**" if r.get("quick") else "") + ". "
         f"Paired difference: {s['paired_difference']}. Wall time {_number(r.get('wall_seconds'))} s. "
-        f"Command: `{_environment(r).get('command', '-')}`",
+        f"Command: `{_environment(r).get('command', '-')}`" + (f" Note: {r['note']}" if r.get("note") else ""),
         "",
         "| arm | test accuracy | std | train accuracy | paired difference to the default [95 % CI] | runs |",
         "|---|---|---|---|---|---|",

@@ -81,7 +81,8 @@ def synthetic_pretrained(cfg: TrainConfig, pretrain) -> Path:
             return model
         partial = folder.with_name(folder.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
-        recipe = dataclasses.replace(pretraining_config(cfg), output=str(partial / "run"),
+        settings = pretraining_config(cfg)
+        recipe = dataclasses.replace(settings, output=str(partial / "run"),
                                      cache_dir=str(partial / "cache"))  # fmt: skip
         print(f"Pretraining FACET-VLM ({cfg.preset} preset) on {recipe.synthetic_subjects} synthetic people, once for "
               f"this architecture, into {folder} (the main job's recipe: about 6 minutes on a 2-core "
@@ -89,7 +90,7 @@ def synthetic_pretrained(cfg: TrainConfig, pretrain) -> Path:
         metrics = pretrain(recipe)
         shutil.rmtree(partial / "cache")
         (partial / "run" / "model").rename(partial / "model")
-        record = {"recipe": dataclasses.asdict(pretraining_config(cfg)),
+        record = {"recipe": dataclasses.asdict(settings),
                   "metrics": {key: value for key, value in metrics.items() if key != "confusion_matrix"}}  # fmt: skip
         (partial / "pretraining.json").write_text(json.dumps(record, indent=2))
         shutil.rmtree(partial / "run")

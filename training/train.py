@@ -220,8 +220,8 @@ def train(cfg: TrainConfig) -> dict:
         recalibrate_batch_norm(accelerator.unwrap_model(model), train_split, cfg.batch_size, accelerator.device)
     metrics = _gathered_metrics(accelerator, model, processor, test_split)
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
-                   data_seed=cfg.data_seed, init_from=None if start is None else str(start), train_samples=len(train_split), test_samples=len(test_split),
-                   world_size=world, parameters_in_sync=_parameters_in_sync(accelerator, model),
+                   data_seed=cfg.data_seed, init_from=None if start is None else str(start),
+                   train_samples=len(train_split), test_samples=len(test_split), world_size=world, parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
     train_metrics = _gathered_metrics(accelerator, model, processor, train_split)
     metrics["train_metrics"] = {key: value for key, value in train_metrics.items()
