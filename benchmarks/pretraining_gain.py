@@ -60,13 +60,15 @@ def target_config(root, workdir, folds: int, epochs: int | None):
                        cache_dir=str(Path(workdir) / "cache"), **({"epochs": epochs} if epochs else {}))  # fmt: skip
 
 
-def _summary(description: str, records: list, reference: list) -> dict:
+def _summary(description: str, records: list, reference: list | None) -> dict:
+    """Mean, std and train mean of an arm's runs, and its paired difference to the `reference` arm's runs (None for
+    the reference itself)."""
     values = [record["value"] for record in records]
     train_values = [record["train_value"] for record in records]
     return {"description": description, "mean": float(np.mean(values)) if values else None,
             "std": float(np.std(values)) if values else None,
             "train_mean": float(np.mean(train_values)) if train_values else None, "runs": records,
-            "paired_difference": paired_difference(records, reference)}  # fmt: skip
+            "paired_difference": paired_difference(records, reference) if reference is not None else None}  # fmt: skip
 
 
 def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None, arms=None, work_dir=None,
@@ -128,7 +130,8 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
             depth = train_depth_cnn(splits["train"], splits["test"], processor.views, processor.channels, seed=seed)
             records["depth_cnn"].append({"fold": fold, "seed": seed, "value": depth["accuracy"],
                                          "train_value": depth["train_accuracy"]})  # fmt: skip
-            results["arms"] = {name: _summary(descriptions[name], runs, records[REFERENCE_ARM])
+            results["arms"] = {name: _summary(descriptions[name], runs,
+                                              None if name == REFERENCE_ARM else records[REFERENCE_ARM])
                                for name, runs in records.items()}  # fmt: skip
             results["wall_seconds"] = round(time.perf_counter() - started, 1)
             if output:

@@ -225,14 +225,14 @@ def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
     return lines + [""]
 
 
-def pretraining_markdown(r: dict) -> list:
+def pretraining_markdown(r: dict, source: str = "pretraining.json") -> list:
     """Lines of the default-start table: per arm the test accuracy (mean +- std over the (fold, seed) runs), the train
     accuracy, and the paired difference to the default command with its 95 % interval and verdict."""
     s = r["settings"]
     state = "" if r.get("complete") else " **(incomplete: still running or stopped; runs so far)**"
     generator = s["target_generator"]
     lines = [
-        "### What the default start adds, on faces of another shape family: `pretraining.json`" + state, "",
+        f"### What the default start and its parts add, on faces of another shape family: `{source}`" + state, "",
         f"Target: a BU-3DFE-layout tree of {s['subjects']} synthetic people from the generator's transfer target "
         f"(shape family {generator['shape_family']!r}, {generator['grid_spacing_mm']} mm mesh spacing, seed "
         f"{s['target_seed']}); the pretrained model (`{r['pretrained']}`, {_number(r.get('pretraining_seconds'), 0)} "
@@ -252,10 +252,10 @@ def pretraining_markdown(r: dict) -> list:
     return lines + [""]
 
 
-def liveness_markdown(r: dict) -> list:
+def liveness_markdown(r: dict, source: str = "liveness.json") -> list:
     """Lines of the component liveness report: what CVSA, MTGF, the scalars and each loss term do in a trained model."""
     lines = [
-        f"### Component liveness (`liveness.json`): what each part of the trained `{r['run']}` model does", "",
+        f"### Component liveness (`{source}`): what each part of the trained `{r['run']}` model does", "",
         f"On its {r['test_samples']} test samples. Command: `{_environment(r).get('command', '-')}`", "",
     ]  # fmt: skip
     cvsa = r.get("cvsa")
@@ -316,10 +316,9 @@ def summary_markdown(results: dict) -> str:
     lines += speed_markdown(results)
     for name in sorted(name for name in results if name.startswith("accuracy_study")):  # e.g. a quick and a full run
         lines += accuracy_markdown(results[name], f"{name}.json")
-    if "liveness" in results:
-        lines += liveness_markdown(results["liveness"])
-    if "pretraining" in results:
-        lines += pretraining_markdown(results["pretraining"])
+    for prefix, markdown in (("liveness", liveness_markdown), ("pretraining", pretraining_markdown)):
+        for name in sorted(name for name in results if name.startswith(prefix)):  # e.g. the main job's and another
+            lines += markdown(results[name], f"{name}.json")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -202,7 +202,7 @@ def _fixture_results(folder: Path) -> None:
              "environment": {"cpu_model": "Test CPU", "cpu_count": 2, "command": "python -m benchmarks.accuracy_study"}}  # fmt: skip
     default = _runs([0.8, 0.8])
     pretraining = {"quick": False, "complete": True, "pretrained": "hf-cache/model", "pretraining_seconds": 360.0,
-                   "arms": {"default": pretraining_gain._summary("the default command", default, default),
+                   "arms": {"default": pretraining_gain._summary("the default command", default, None),
                             "scratch": pretraining_gain._summary("from scratch", _runs([0.6, 0.7]), default)},
                    "settings": {"subjects": 60, "folds": 10, "run_folds": 1, "seeds": 2, "target_seed": 7,
                                 "target_generator": {"shape_family": "b", "grid_spacing_mm": 2.4},
@@ -211,6 +211,9 @@ def _fixture_results(folder: Path) -> None:
     (folder / "parsing.json").write_text(json.dumps(parsing))
     (folder / "accuracy_study.json").write_text(json.dumps(study))
     (folder / "pretraining.json").write_text(json.dumps(pretraining))
+    pretraining["arms"] = {"default": pretraining["arms"]["default"],
+                           "no_l_gf": pretraining_gain._summary("default start, without L_gf", _runs([0.7, 0.8]), default)}
+    (folder / "pretraining_ablation.json").write_text(json.dumps(pretraining))
     demo = {"quick": False, "wall_seconds": 331.7, "train_seconds": 245.1, "budget_seconds": 900, "accuracy": 0.925,
             "macro_f1": 0.925, "target_accuracy": 0.9, "test_samples": 240, "environment": {}}  # fmt: skip
     (folder / "demo.json").write_text(json.dumps(demo))
@@ -232,6 +235,8 @@ def _fixture_results(folder: Path) -> None:
                 "environment": {"cpu_model": "Test CPU", "cpu_count": 2,
                                 "command": "python -m benchmarks.liveness --run outputs/demo"}}  # fmt: skip
     (folder / "liveness.json").write_text(json.dumps(liveness))
+    liveness.update(run="runs/parts-on", mtgf=None)
+    (folder / "liveness_parts_on.json").write_text(json.dumps(liveness))
 
 
 def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path):
@@ -253,6 +258,9 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
     assert "| Main job | `facet-vlm demo`: whole command, wall time | 332 s (training 245 s) | budget 900 s | 0.37x" in summary
     assert "| 92.5 % (macro F1 0.925) | target 90 % | +2.5 points |" in summary
     assert "| from scratch | 0.650 | 0.050 | 1.000 | -15.0 points [-78.5, +48.5]: no measurable effect | 2 |" in summary
+    assert summary.count("| the default command | 0.800 | 0.000 | 1.000 | - | 2 |") == 2  # the reference: no pairing
+    assert "`pretraining_ablation.json`" in summary and "| default start, without L_gf | 0.750 |" in summary
+    assert "(`liveness_parts_on.json`): what each part of the trained `runs/parts-on` model does" in summary
     assert "| view (yaw, pitch) | mean weight | spread across samples | weight when the view is blanked |" in summary
     assert "| (20, 0) | 0.300 | 0.020 | 0.100 |" in summary
     assert "| random unit vectors as text keys | 0.500 | 45.0 % | 0.800 |" in summary
