@@ -65,14 +65,17 @@ def _killed_after(step):
     return save_then_die
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cache_dir, monkeypatch):
-    settings = dict(epochs=3, save_steps=2)
+@pytest.mark.parametrize("validation_subjects", [0, 1])
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cache_dir, monkeypatch, validation_subjects):
+    """With validation people, the kill falls after the first scored epoch: the resumed run must keep that epoch's
+    weights as the best so far."""
+    settings = dict(epochs=3, save_steps=2, validation_subjects=validation_subjects)
     uninterrupted = train(tiny_config(tmp_path / "full", cache_dir, **settings))
-    monkeypatch.setattr(checkpointing, "save_checkpoint", _killed_after(2))
+    monkeypatch.setattr(checkpointing, "save_checkpoint", _killed_after(4))
     with pytest.raises(KeyboardInterrupt):
         train(tiny_config(tmp_path / "killed", cache_dir, **settings))
     monkeypatch.undo()
-    assert checkpointing.latest_checkpoint(tmp_path / "killed").name == "checkpoint-2"
+    assert checkpointing.latest_checkpoint(tmp_path / "killed").name == "checkpoint-4"
     resumed = train(tiny_config(tmp_path / "killed", cache_dir, resume=True, **settings))
     assert resumed["accuracy"] == uninterrupted["accuracy"]
     assert resumed["confusion_matrix"] == uninterrupted["confusion_matrix"]
@@ -82,6 +85,11 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, cache_dir, m
     again = load_file(tmp_path / "killed" / "model" / "model.safetensors")
     for key, value in full.items():
         torch.testing.assert_close(again[key], value, rtol=0, atol=0)
+    if validation_subjects:
+        assert resumed["validation"] == uninterrupted["validation"]
+        (tmp_path / "killed" / checkpointing.BEST_WEIGHTS_NAME).unlink()
+        with pytest.raises(checkpointing.CheckpointError, match="best_validation.safetensors: missing"):
+            train(tiny_config(tmp_path / "killed", cache_dir, resume=True, **settings))
 
 
 def test_partial_checkpoints_are_never_resumed(tmp_path):
@@ -367,3 +375,47 @@ def test_sliding_window_splits_know_their_sequences(tmp_path, cache_dir):
     assert len(set(test.groups)) == 12 < len(test)  # the 2 test subjects' 6 sequences, 2-4 windows each
     whole = load_splits(tiny_config(tmp_path, cache_dir, dataset="synthetic4d"), processor, show_progress=False)
     assert whole["test"].groups is None
+
+
+def test_validation_subjects_are_carved_from_the_training_side(tmp_path, cache_dir):
+    """`validation_subjects` holds training people out (never test people); the validation split is scored like
+    the test split (its intensities), and the rest stays for training."""
+    from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
+    from training.data import load_splits
+
+    processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset("tiny"))
+    plain = load_splits(tiny_config(tmp_path, cache_dir), processor, show_progress=False)
+    cfg = tiny_config(tmp_path, cache_dir, validation_subjects=1, test_intensities=[3, 4])
+    splits = load_splits(cfg, processor, show_progress=False)
+    held_out = set(splits["validation"].subjects)
+    assert len(held_out) == 1 and held_out < set(plain["train"].subjects)
+    assert held_out.isdisjoint(splits["train"].subjects) and held_out.isdisjoint(splits["test"].subjects)
+    assert set(splits["train"].subjects) | held_out == set(plain["train"].subjects)
+    assert set(splits["validation"].intensities.tolist()) == {3, 4}
+    assert load_splits(cfg, processor, show_progress=False)["validation"].subjects == splits["validation"].subjects
+    with pytest.raises(ValueError, match="validation_subjects=2 leaves no training subject: the training split of "
+                                         "synthetic fold 0 has 2 subjects"):
+        load_splits(tiny_config(tmp_path, cache_dir, validation_subjects=2), processor, show_progress=False)
+    with pytest.raises(ValueError, match="validation_subjects must be 0 or more"):
+        tiny_config(tmp_path, cache_dir, validation_subjects=-1)
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(tmp_path, cache_dir):
+    """Each epoch is scored on the validation people; the saved model is the best epoch's, and its validation
+    accuracy, measured again on the saved model, is the one recorded for that epoch."""
+    from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
+    from training.data import load_splits
+    from training.evaluate_model import evaluate_split
+
+    cfg = tiny_config(tmp_path / "run", cache_dir, validation_subjects=1, epochs=4, learning_rate=2e-2)
+    metrics = train(cfg)
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
+    scores = [record["validation_accuracy"] for record in epochs]
+    assert len(scores) == 4 and metrics["validation"]["best_epoch"] == 1 + int(np.argmax(scores))
+    assert metrics["validation"]["accuracy"] == max(scores) and metrics["validation"]["subjects"]
+    assert (tmp_path / "run" / "best_validation.safetensors").is_file()
+    model = FacetVLMForExpressionRecognition.from_pretrained(tmp_path / "run" / "model")
+    processor = FacetVLMProcessor.from_pretrained(tmp_path / "run" / "model")
+    validation = load_splits(cfg, processor.image_processor, show_progress=False)["validation"]
+    again = evaluate_split(model, processor, validation, device="cpu")
+    assert again["accuracy"] == pytest.approx(max(scores))

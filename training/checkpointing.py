@@ -24,6 +24,7 @@ from .divergence import listed_names, non_finite_names
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 WEIGHTS_NAME = "model.safetensors"
 LOOP_STATE_NAME = "trainer_state.json"
+BEST_WEIGHTS_NAME = "best_validation.safetensors"  # the best validation epoch's weights (--validation-subjects)
 
 
 class CheckpointError(ValueError):
@@ -121,8 +122,11 @@ def _require(values, keys, path: Path) -> None:
 
 def _verified_weights(path: Path, model) -> dict:
     """The tensors of `path` after checking them against `model`'s state dict: names, shapes, finite values."""
+    return _verified_tensors(path, model.state_dict())
+
+
+def _verified_tensors(path: Path, expected: dict) -> dict:
     tensors = _read(path, lambda p: load_file(str(p)))
-    expected = model.state_dict()
     missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
     if missing or unexpected:
         problems = ([f"missing {listed_names(missing, 'weight')}"] if missing else []) + (
@@ -135,6 +139,36 @@ def _verified_weights(path: Path, model) -> dict:
     if bad:
         raise CheckpointError(path, f"non-finite values in {listed_names(bad)}")
     return tensors
+
+
+def trained_state(model) -> dict:
+    """What training changes in `model` (its trainable parameters and its buffers), copied to the CPU: a frozen
+    text tower is left out."""
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    return {name: tensor.detach().to("cpu", copy=True) for name, tensor in model.state_dict().items()
+            if name not in frozen}  # fmt: skip
+
+
+def save_best_weights(output_dir, state: dict) -> Path:
+    """Write the best validation epoch's [`trained_state`] to `output_dir/best_validation.safetensors` atomically."""
+    path = Path(output_dir) / BEST_WEIGHTS_NAME
+    partial = path.with_name(f".{path.name}.partial")
+    save_file(state, str(partial))
+    os.replace(partial, path)
+    return path
+
+
+def load_best_weights(output_dir, model) -> dict:
+    """The best validation epoch's weights that a resumed run saved before it was stopped, checked against `model`.
+
+    Raises:
+        CheckpointError: the file is missing, unreadable or not `model`'s.
+    """
+    path = Path(output_dir) / BEST_WEIGHTS_NAME
+    if not path.is_file():
+        raise CheckpointError(path, "missing: the run there scored validation epochs but its best epoch's weights "
+                              "are gone; start it again with --overwrite-output")  # fmt: skip
+    return _verified_tensors(path, trained_state(model))
 
 
 def load_checkpoint(folder, model, optimizer, scheduler) -> dict:

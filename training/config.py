@@ -51,6 +51,8 @@ class TrainConfig:
     mixed_precision: str = "auto"
     seed: int = 42  # the model's initialisation, the data order, augmentation and dropout
     data_seed: int = 42  # the protocol folds and the synthetic people: fixed while `seed` varies
+    # Training people held out (chosen with data_seed) to score every epoch: the best epoch's weights are kept.
+    validation_subjects: int = 0
     augment_views: bool = True
     occlude_views: float = 0.0  # probability that a training sample loses one view (blanked), for CVSA to weigh
     augment_prompts: bool = True
@@ -79,6 +81,8 @@ class TrainConfig:
             raise ValueError(f"Unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}.")
         if self.eval_dataset is not None and self.eval_dataset not in DATASETS:
             raise ValueError(f"Unknown eval dataset {self.eval_dataset!r}; choose one of {sorted(DATASETS)}.")
+        if self.validation_subjects < 0:
+            raise ValueError(f"validation_subjects must be 0 or more; got {self.validation_subjects}.")
 
 
 def add_arguments(parser):

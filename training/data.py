@@ -149,8 +149,22 @@ def _with_intensities(split: ExpressionSplit, intensities) -> ExpressionSplit:
     return split.subset(np.flatnonzero(np.isin(split.intensities, list(intensities))).tolist())
 
 
+def hold_out_subjects(split: ExpressionSplit, count: int, seed: int, where: str) -> tuple:
+    """(the rest, the samples of `count` people of `split` drawn with `seed`): a validation split carved from the
+    training people, so that choosing the epoch never looks at the test fold."""
+    people = sorted(set(split.subjects))
+    if count >= len(people):
+        raise ValueError(f"validation_subjects={count} leaves no training subject: the training split of {where} "
+                         f"has {len(people)} subjects.")  # fmt: skip
+    held_out = set(np.random.default_rng([seed, count]).choice(people, size=count, replace=False).tolist())
+    inside = [subject in held_out for subject in split.subjects]
+    return (split.subset([i for i, held in enumerate(inside) if not held]),
+            split.subset([i for i, held in enumerate(inside) if held]))
+
+
 def load_splits(cfg, image_processor, show_progress: bool = True) -> dict:
-    """Train and test [`ExpressionSplit`]s of the protocol fold (plus "eval" for a cross-dataset run), rendered with
+    """Train and test [`ExpressionSplit`]s of the protocol fold (plus "validation" people held out of the training
+    side with `cfg.validation_subjects`, and "eval" for a cross-dataset run), rendered with
     `image_processor`'s settings. Single-label classes are those present in the training split, in dataset order."""
     spec = DATASETS[cfg.dataset]
     dataset = _prepared(_builder(cfg.dataset, cfg.data_dir, image_processor, cfg, cfg.fold, cfg.protocol), cfg, show_progress)
@@ -162,10 +176,13 @@ def load_splits(cfg, image_processor, show_progress: bool = True) -> dict:
         names = dataset["train"].features[spec.label_field].names
         class_ids = sorted(set(np.asarray(dataset["train"][spec.label_field][:]).tolist()) - {-1})
         label_names = [names[i] for i in class_ids]
-    splits = {
-        "train": _with_intensities(_to_split(dataset["train"], spec, label_names, class_ids), cfg.train_intensities),
-        "test": _with_intensities(_to_split(dataset["test"], spec, label_names, class_ids), cfg.test_intensities),
-    }
+    train = _to_split(dataset["train"], spec, label_names, class_ids)
+    splits = {"test": _with_intensities(_to_split(dataset["test"], spec, label_names, class_ids), cfg.test_intensities)}
+    if cfg.validation_subjects:
+        train, validation = hold_out_subjects(train, cfg.validation_subjects, cfg.data_seed,
+                                              f"{cfg.dataset} fold {cfg.fold}")  # fmt: skip
+        splits["validation"] = _with_intensities(validation, cfg.test_intensities)  # scored as the test split is
+    splits["train"] = _with_intensities(train, cfg.train_intensities)
     if cfg.eval_dataset:
         splits["eval"] = load_cross_dataset_split(cfg, image_processor, label_names, show_progress)
     return splits

@@ -23,7 +23,8 @@ RUN_CONFIG = "train_config.json"
 NOT_COMPARED = ("output", "resume", "overwrite_output", "save_steps", "save_total_limit", "num_proc", "cache_dir",
                 "data_dir", "eval_data_dir", "eval_every_epoch")  # fmt: skip
 # What a run writes into its folder besides its record and checkpoints; removed when a new run starts there.
-RUN_OUTPUTS = ("epochs.jsonl", "metrics.json", "confusion_matrix.png", "model", "tensorboard")
+RUN_OUTPUTS = ("epochs.jsonl", "metrics.json", "confusion_matrix.png", "model", "tensorboard",
+               checkpointing.BEST_WEIGHTS_NAME)  # fmt: skip
 PARTIAL_CHECKPOINT_PREFIX = ".checkpoint-"
 
 

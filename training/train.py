@@ -145,7 +145,8 @@ def train(cfg: TrainConfig) -> dict:
     model, processor = build_model_and_processor(cfg, is_multi_label(cfg.dataset), start)
     with accelerator.main_process_first():  # rank 0 renders and caches; the others read its cache
         splits = load_splits(cfg, processor.image_processor, show_progress=accelerator.is_main_process)
-    train_split, test_split = splits["train"], splits["test"]
+    train_split, test_split, validation_split = splits["train"], splits["test"], splits.get("validation")
+    validation_key = f"validation_{'mean_f1' if train_split.multi_label else 'accuracy'}"  # in epochs.jsonl
     model.config.id2label = dict(enumerate(train_split.label_names))
     model.config.label2id = {name: i for i, name in enumerate(train_split.label_names)}
 
@@ -161,7 +162,7 @@ def train(cfg: TrainConfig) -> dict:
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     build_batch = BatchBuilder(cfg, processor, train_split, accelerator.device)
 
-    step, history, running_state = 0, [], None
+    step, history, running_state, best_state = 0, [], None, None
     resumed = cfg.resume and checkpointing.resume(output, accelerator.unwrap_model(model), optimizer.optimizer,
                                                   scheduler.scheduler, log=accelerator.print)  # fmt: skip
     if resumed:
@@ -169,6 +170,8 @@ def train(cfg: TrainConfig) -> dict:
         processor = FacetVLMProcessor.from_pretrained(last)
         build_batch = BatchBuilder(cfg, processor, train_split, accelerator.device)
         step, history, running_state = state["step"], state["history"], state.get("running")
+        if best_validation(history, validation_key):
+            best_state = checkpointing.load_best_weights(output, accelerator.unwrap_model(model))
         if accelerator.is_main_process:
             run_folder.restore_epoch_log(output, history)
         accelerator.print(f"Resumed from {last} at step {step}.")
@@ -207,6 +210,15 @@ def train(cfg: TrainConfig) -> dict:
             if cfg.eval_every_epoch:
                 record["test_accuracy"] = _gathered_metrics(accelerator, model, processor, test_split).get("accuracy")
                 model.train()
+            if validation_split is not None:
+                best = best_validation(history, validation_key)
+                record[validation_key] = _validation_score(accelerator, model, processor, train_split,
+                                                           validation_split, cfg)  # fmt: skip
+                model.train()
+                if best is None or record[validation_key] > best[validation_key]:
+                    best_state = checkpointing.trained_state(accelerator.unwrap_model(model))
+                    if accelerator.is_main_process:
+                        checkpointing.save_best_weights(output, best_state)
             history.append(record)
             running = LossMeans()
             if accelerator.is_main_process:
@@ -216,7 +228,9 @@ def train(cfg: TrainConfig) -> dict:
     progress.close()
     divergence.check_weights(accelerator.unwrap_model(model), step)
 
-    if cfg.recalibrate_batch_norm:
+    if best_state is not None:  # early stopping: the best validation epoch's weights (and its BatchNorm statistics)
+        accelerator.unwrap_model(model).load_state_dict(best_state, strict=False)
+    elif cfg.recalibrate_batch_norm:
         recalibrate_batch_norm(accelerator.unwrap_model(model), train_split, cfg.batch_size, accelerator.device)
     metrics = _gathered_metrics(accelerator, model, processor, test_split)
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
@@ -226,6 +240,11 @@ def train(cfg: TrainConfig) -> dict:
     train_metrics = _gathered_metrics(accelerator, model, processor, train_split)
     metrics["train_metrics"] = {key: value for key, value in train_metrics.items()
                                 if key in ("accuracy", "macro_f1", "mean_f1")}  # fmt: skip
+    if validation_split is not None:
+        best = best_validation(history, validation_key)
+        metrics["validation"] = {validation_key.removeprefix("validation_"): best[validation_key],
+                                 "best_epoch": best["epoch"], "subjects": sorted(set(validation_split.subjects)),
+                                 "samples": len(validation_split)}  # fmt: skip
     if "eval" in splits:
         metrics["cross_dataset"] = _gathered_metrics(accelerator, model, processor, splits["eval"])
     if accelerator.is_main_process:
@@ -236,6 +255,21 @@ def train(cfg: TrainConfig) -> dict:
         (output / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     accelerator.wait_for_everyone()
     return metrics
+
+
+def best_validation(history: list, key: str) -> dict | None:
+    """The epoch record with the best validation score `key` (the first of equals), or None before any was scored."""
+    scored = [record for record in history if key in record]
+    return max(scored, key=lambda record: record[key]) if scored else None
+
+
+def _validation_score(accelerator, model, processor, train_split, validation_split, cfg) -> float:
+    """The validation people's accuracy (mean F1 for action units) as the model would be tested now: with its
+    BatchNorm statistics re-estimated on the clean training split first, when the run does that at its end."""
+    if cfg.recalibrate_batch_norm:
+        recalibrate_batch_norm(accelerator.unwrap_model(model), train_split, cfg.batch_size, accelerator.device)
+    metrics = _gathered_metrics(accelerator, model, processor, validation_split)
+    return metrics["mean_f1" if validation_split.multi_label else "accuracy"]
 
 
 def trained_scalars(model) -> dict:
