@@ -256,7 +256,8 @@ def liveness_markdown(r: dict, source: str = "liveness.json") -> list:
     """Lines of the component liveness report: what CVSA, MTGF, the scalars and each loss term do in a trained model."""
     lines = [
         f"### Component liveness (`{source}`): what each part of the trained `{r['run']}` model does", "",
-        f"On its {r['test_samples']} test samples. Command: `{_environment(r).get('command', '-')}`", "",
+        f"On its {r['test_samples']} test samples. Command: `{_environment(r).get('command', '-')}`"
+        + (f" Note: {r['note']}" if r.get("note") else ""), "",
     ]  # fmt: skip
     cvsa = r.get("cvsa")
     if cvsa:

@@ -235,7 +235,7 @@ def _fixture_results(folder: Path) -> None:
                 "environment": {"cpu_model": "Test CPU", "cpu_count": 2,
                                 "command": "python -m benchmarks.liveness --run outputs/demo"}}  # fmt: skip
     (folder / "liveness.json").write_text(json.dumps(liveness))
-    liveness.update(run="runs/parts-on", mtgf=None)
+    liveness.update(run="runs/parts-on", mtgf=None, note="Trained with CVSA and MTGF on.")
     (folder / "liveness_parts_on.json").write_text(json.dumps(liveness))
 
 
@@ -261,6 +261,7 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
     assert summary.count("| the default command | 0.800 | 0.000 | 1.000 | - | 2 |") == 2  # the reference: no pairing
     assert "`pretraining_ablation.json`" in summary and "| default start, without L_gf | 0.750 |" in summary
     assert "(`liveness_parts_on.json`): what each part of the trained `runs/parts-on` model does" in summary
+    assert "--run outputs/demo` Note: Trained with CVSA and MTGF on." in summary
     assert "| view (yaw, pitch) | mean weight | spread across samples | weight when the view is blanked |" in summary
     assert "| (20, 0) | 0.300 | 0.020 | 0.100 |" in summary
     assert "| random unit vectors as text keys | 0.500 | 45.0 % | 0.800 |" in summary
