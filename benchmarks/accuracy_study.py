@@ -58,12 +58,15 @@ FULL = {"subjects": 60, "folds": 10, "run_folds": 10, "seeds": 3, "steps": 300} 
 REFERENCE_ROW = "facet_vlm"
 # The method's parts, on whatever the preset's defaults (the small preset turns them off: no measured effect), so
 # that every ablation row removes one part from the same full model.
-EVERY_PART = {"cvsa": "attention", "mtgf": True}
+EVERY_PART = ("cvsa", "mtgf", "loss_weight_cons", "loss_weight_gf")
 
 
 def model_overrides(row) -> dict:
-    """The model config fields `row` trains with: every part of the method, less what the row removes."""
-    return {**EVERY_PART, **row.overrides}
+    """The model config fields `row` trains with: every part of the method (FacetVLMConfig's own defaults), less what
+    the row removes."""
+    from modeling_facet import FacetVLMConfig
+
+    return {**{name: getattr(FacetVLMConfig, name) for name in EVERY_PART}, **row.overrides}
 
 
 @dataclass(frozen=True)

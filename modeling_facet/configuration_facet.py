@@ -74,7 +74,10 @@ def _preset(name: str) -> dict:
             # accuracy after 400 steps against 99 % without; benchmarks/results/accuracy_study_cvsa_encoder.json).
             # CVSA's attention pooling and MTGF are off: on 2 folds x 3 model seeds each showed no measurable effect
             # (without them -2.1 [-6.3, +2.1] and -2.3 [-6.9, +2.3] points; benchmarks/results/accuracy_study.json).
+            # So are L_cons and L_gf: fine-tuning without either showed none (benchmarks/results/
+            # pretraining_ablation.json).
             projection_dim=128, image_size=96, fusion_heads=4, fusion_layers=0, cvsa="mean", mtgf=False,
+            loss_weight_cons=0.0, loss_weight_gf=0.0,
             max_frames=32,
         )  # fmt: skip
     if name == "base":

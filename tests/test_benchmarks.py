@@ -153,9 +153,10 @@ def test_every_row_runs_on_the_same_folds_seed_and_recipe(tmp_path):
                c.learning_rate, c.batch_size, c.preset) for c in configs}  # fmt: skip
     assert shared == {(3, 5, 1, cfg.data_seed, cfg.protocol, 10, 7, cfg.learning_rate, cfg.batch_size, cfg.preset)}
     assert len({c.output for c in configs}) == len(configs)
+    every_part = {"cvsa": "attention", "mtgf": True, "loss_weight_cons": 0.1, "loss_weight_gf": 0.1}
     for row, c in zip(accuracy_study.ROWS, configs):  # every part on, but for the one a row removes
-        assert c.model_overrides == {**accuracy_study.EVERY_PART, **row.overrides}
-    assert configs[0].model_overrides == {"cvsa": "attention", "mtgf": True}
+        assert c.model_overrides == {**every_part, **row.overrides}
+    assert configs[0].model_overrides == every_part
     zero_shot = next(c for row, c in zip(accuracy_study.ROWS, configs) if row.kind == "zero_shot")
     assert sorted(zero_shot.exclude_words) == sorted(accuracy_study.ZERO_SHOT_WORDS.values())
     augment_views = {row.name: c.augment_views for row, c in zip(accuracy_study.ROWS, configs)}
@@ -173,7 +174,7 @@ def test_summarise_gives_mean_std_train_and_the_paired_difference():
     summary = accuracy_study.summarise(full, reference, reference)
     assert summary["per_run"] == [0.8, 0.7, 0.9, 0.6, 0.8, 0.7] and summary["wall_seconds"] == 6.0
     assert summary["mean"] == pytest.approx(0.75) and summary["train_mean"] == 1.0
-    assert "paired_difference" not in summary and summary["model_overrides"] == accuracy_study.EVERY_PART
+    assert "paired_difference" not in summary and summary["model_overrides"] == accuracy_study.model_overrides(full)
     # Always 5 points lower on the same (fold, seed): a loss, however much the folds vary.
     lower = accuracy_study.summarise(ablation, _runs([0.75, 0.66, 0.85, 0.55, 0.75, 0.64]), reference)
     paired = lower["paired_difference"]

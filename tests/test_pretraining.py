@@ -100,9 +100,9 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
         command(*args), preset="tiny", max_steps=2, batch_size=8))  # fmt: skip
     with pytest.raises(ValueError, match=r"Unknown arms \['bogus'\]"):
         pretraining_gain.run(quick=True, arms=["bogus"])
-    results = pretraining_gain.run(quick=True, arms=["scratch", "no_l_gf"], work_dir=tmp_path / "work",
+    results = pretraining_gain.run(quick=True, arms=["scratch", "l_gf"], work_dir=tmp_path / "work",
                                    output=tmp_path / "gain.json")  # fmt: skip
-    assert list(results["arms"]) == ["default", "scratch", "no_l_gf", "depth_cnn"]
+    assert list(results["arms"]) == ["default", "scratch", "l_gf", "depth_cnn"]
     for summary in results["arms"].values():
         assert len(summary["runs"]) == 1 and 0 <= summary["mean"] <= 1 and 0 <= summary["train_mean"] <= 1
     assert results["arms"]["scratch"]["paired_difference"]["pairs"] == 1

@@ -53,7 +53,8 @@ class TrainConfig:
     data_seed: int = 42  # the protocol folds and the synthetic people: fixed while `seed` varies
     # Training people held out (chosen with data_seed) to score every epoch: the best epoch's weights are kept.
     validation_subjects: int = 0
-    augment_views: bool = True
+    # Mixed view augmentation: no measured gain when fine-tuning (benchmarks/results/pretraining_ablation.json).
+    augment_views: bool = False
     occlude_views: float = 0.0  # probability that a training sample loses one view (blanked), for CVSA to weigh
     augment_prompts: bool = True
     exclude_words: list = field(default_factory=list)
