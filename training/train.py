@@ -146,7 +146,8 @@ def train(cfg: TrainConfig) -> dict:
     with accelerator.main_process_first():  # rank 0 renders and caches; the others read its cache
         splits = load_splits(cfg, processor.image_processor, show_progress=accelerator.is_main_process)
     train_split, test_split, validation_split = splits["train"], splits["test"], splits.get("validation")
-    validation_key = f"validation_{'mean_f1' if train_split.multi_label else 'accuracy'}"  # in epochs.jsonl
+    validation_metric = "mean_f1" if train_split.multi_label else "accuracy"
+    validation_key = f"validation_{validation_metric}"  # in epochs.jsonl
     model.config.id2label = dict(enumerate(train_split.label_names))
     model.config.label2id = {name: i for i, name in enumerate(train_split.label_names)}
 
@@ -212,8 +213,8 @@ def train(cfg: TrainConfig) -> dict:
                 model.train()
             if validation_split is not None:
                 best = best_validation(history, validation_key)
-                record[validation_key] = _validation_score(accelerator, model, processor, train_split,
-                                                           validation_split, cfg)  # fmt: skip
+                scored = _validation_metrics(accelerator, model, processor, train_split, validation_split, cfg)
+                record[validation_key] = scored[validation_metric]
                 model.train()
                 if best is None or record[validation_key] > best[validation_key]:
                     best_state = checkpointing.trained_state(accelerator.unwrap_model(model))
@@ -235,14 +236,15 @@ def train(cfg: TrainConfig) -> dict:
     metrics = _gathered_metrics(accelerator, model, processor, test_split)
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
                    data_seed=cfg.data_seed, init_from=None if start is None else str(start),
-                   train_samples=len(train_split), test_samples=len(test_split), world_size=world, parameters_in_sync=_parameters_in_sync(accelerator, model),
+                   train_samples=len(train_split), test_samples=len(test_split), world_size=world,
+                   parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
     train_metrics = _gathered_metrics(accelerator, model, processor, train_split)
     metrics["train_metrics"] = {key: value for key, value in train_metrics.items()
                                 if key in ("accuracy", "macro_f1", "mean_f1")}  # fmt: skip
     if validation_split is not None:
         best = best_validation(history, validation_key)
-        metrics["validation"] = {validation_key.removeprefix("validation_"): best[validation_key],
+        metrics["validation"] = {validation_metric: best[validation_key],
                                  "best_epoch": best["epoch"], "subjects": sorted(set(validation_split.subjects)),
                                  "samples": len(validation_split)}  # fmt: skip
     if "eval" in splits:
@@ -263,13 +265,12 @@ def best_validation(history: list, key: str) -> dict | None:
     return max(scored, key=lambda record: record[key]) if scored else None
 
 
-def _validation_score(accelerator, model, processor, train_split, validation_split, cfg) -> float:
-    """The validation people's accuracy (mean F1 for action units) as the model would be tested now: with its
-    BatchNorm statistics re-estimated on the clean training split first, when the run does that at its end."""
+def _validation_metrics(accelerator, model, processor, train_split, validation_split, cfg) -> dict:
+    """The validation people's metrics as the model would be tested now: with its BatchNorm statistics re-estimated
+    on the clean training split first, when the run does that at its end."""
     if cfg.recalibrate_batch_norm:
         recalibrate_batch_norm(accelerator.unwrap_model(model), train_split, cfg.batch_size, accelerator.device)
-    metrics = _gathered_metrics(accelerator, model, processor, validation_split)
-    return metrics["mean_f1" if validation_split.multi_label else "accuracy"]
+    return _gathered_metrics(accelerator, model, processor, validation_split)
 
 
 def trained_scalars(model) -> dict:
