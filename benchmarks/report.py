@@ -184,6 +184,11 @@ def speed_markdown(results: dict) -> list:
     return lines + [""]
 
 
+def _note(result: dict) -> str:
+    """' Note: ...' from a result's `note` (how it was run, when the command alone does not say), or nothing."""
+    return f" Note: {result['note']}" if result.get("note") else ""
+
+
 def _paired_cell(paired: dict | None) -> str:
     """'+1.2 points [-0.3, +2.7]: no measurable effect' from a paired difference (accuracy_study.paired_difference)."""
     if not paired or paired["mean"] is None:
@@ -206,7 +211,7 @@ def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
         + ("; **quick mode: a CI-sized check, not a result**" if study.get("quick") else "") + ". "
         f"Paired difference: {s['paired_difference']}. "
         f"Wall time {_number(study.get('wall_seconds'))} s. Command: `{_environment(study).get('command', '-')}`"
-        + (f" Note: {study['note']}" if study.get("note") else ""),
+        + _note(study),
         "",
         "| row | metric | test mean | std | train mean | paired difference to the full model [95 % CI] | runs | seconds |",
         "|---|---|---|---|---|---|---|---|",
@@ -240,7 +245,7 @@ def pretraining_markdown(r: dict, source: str = "pretraining.json") -> list:
         f"model seeds 1-{s['seeds']}; `{s['command']}`"
         + ("; **quick mode: a CI-sized check, not a result**" if r.get("quick") else "") + ". "
         f"Paired difference: {s['paired_difference']}. Wall time {_number(r.get('wall_seconds'))} s. "
-        f"Command: `{_environment(r).get('command', '-')}`" + (f" Note: {r['note']}" if r.get("note") else ""),
+        f"Command: `{_environment(r).get('command', '-')}`" + _note(r),
         "",
         "| arm | test accuracy | std | train accuracy | paired difference to the default [95 % CI] | runs |",
         "|---|---|---|---|---|---|",
@@ -257,7 +262,7 @@ def liveness_markdown(r: dict, source: str = "liveness.json") -> list:
     lines = [
         f"### Component liveness (`{source}`): what each part of the trained `{r['run']}` model does", "",
         f"On its {r['test_samples']} test samples. Command: `{_environment(r).get('command', '-')}`"
-        + (f" Note: {r['note']}" if r.get("note") else ""), "",
+        + _note(r), "",
     ]  # fmt: skip
     cvsa = r.get("cvsa")
     if cvsa:
