@@ -7,7 +7,9 @@ The target is a BU-3DFE-layout tree written from the generator's transfer target
 (`SyntheticConfig.transfer_target`: the other shape family and another mesh density than the pretraining data), and
 with another seed, so that neither its people nor its shape basis were seen in pretraining: the transfer measurement
 of issue 14. Each arm's runs pair with the default arm's on the same (fold, seed): the paired difference has a 95 %
-t interval, as in the accuracy study.
+t interval, as in the accuracy study. On each fold's test people, the synthetic-pretrained start (not fine-tuned) and
+each default-command model are also tested zero-shot: prompted with the label names, with synonyms from the prompt
+table, and with words no training prompt held (`WORD_SETS`).
 
 Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--subjects N] [--folds K]
     [--run-folds R] [--seeds S] [--arms default,scratch,...] [--work-dir DIR]
@@ -32,7 +34,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from benchmarks.accuracy_study import paired_difference  # noqa: E402
+from benchmarks.accuracy_study import ZERO_SHOT_WORDS, paired_difference  # noqa: E402
 from benchmarks.common import load_average, write_json  # noqa: E402
 
 
@@ -51,6 +53,17 @@ ARMS = {
 }
 DEPTH_CNN = "baseline: CNN on one 64x64 frontal depth map (its own recipe)"
 REFERENCE_ARM = "default"
+# Zero-shot class names (issue 14, item 4): name -> (description, class -> word); a class left out keeps its name.
+WORD_SETS = {
+    "label_names": ("the training label names", {}),
+    "prompt_table_synonyms": ("synonyms from the prompt table (seen in augmented training prompts)", ZERO_SHOT_WORDS),
+    "unseen_words": ("words outside the prompt vocabulary (never in a training prompt)",
+                     {"anger": "irate", "disgust": "repelled", "fear": "petrified", "happiness": "elated",
+                      "sadness": "melancholy", "surprise": "dumbfounded"}),
+}  # fmt: skip
+ZERO_SHOT_MODELS = {
+    "pretrained": "the synthetic-pretrained start, not fine-tuned", "default": "the default command's model",
+}
 
 
 def target_config(root, workdir, folds: int, epochs: int | None):
@@ -70,6 +83,24 @@ def _summary(description: str, records: list, reference: list | None) -> dict:
             "std": float(np.std(values)) if values else None,
             "train_mean": float(np.mean(train_values)) if train_values else None, "runs": records,
             "paired_difference": paired_difference(records, reference) if reference is not None else None}  # fmt: skip
+
+
+def zero_shot_accuracies(model_dir, test) -> dict:
+    """Accuracy of the saved FACET-VLM at `model_dir` on the split `test`, prompted with each of `WORD_SETS` as the
+    class names (as the zero-shot pipeline prompts: every template, averaged per class)."""
+    from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
+    from training.evaluate_model import evaluate_split
+
+    model = FacetVLMForExpressionRecognition.from_pretrained(model_dir)
+    processor = FacetVLMProcessor.from_pretrained(model_dir)
+    return {name: evaluate_split(model, processor, test, [words.get(label, label) for label in test.label_names])
+            ["accuracy"] for name, (_, words) in WORD_SETS.items()}  # fmt: skip
+
+
+def _zero_shot_summary(description: str, records: list) -> dict:
+    """Mean accuracy per word set over `records` (one dict of accuracies per run)."""
+    return {"description": description, "runs": records,
+            "accuracy": {name: float(np.mean([record[name] for record in records])) for name in WORD_SETS}}  # fmt: skip
 
 
 def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None, arms=None, work_dir=None,
@@ -108,6 +139,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
                      "command": "facet-vlm train --dataset bu3dfe --data-dir ROOT --protocol standard --fold F "
                                 "--num-folds K --seed S [--init-from none]",
                      "arms": {arm: ARMS[arm][1] for arm in arms},
+                     "zero_shot_words": {name: words for name, (_, words) in WORD_SETS.items()},
                      "paired_difference": f"arm minus {REFERENCE_ARM} on the same (fold, seed), 95 % t interval"},
         "pretrained": str(pretrained),
         "pretraining_seconds": round(time.perf_counter() - pretraining_started, 1),
@@ -115,8 +147,11 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     }  # fmt: skip
     processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset(cfg.preset))
     records = {name: [] for name in (*arms, "depth_cnn")}
+    zero_shot = {name: [] for name in ZERO_SHOT_MODELS}
     descriptions = {**{arm: ARMS[arm][0] for arm in arms}, "depth_cnn": DEPTH_CNN}
     for fold in range(settings["run_folds"]):
+        splits = load_splits(dataclasses.replace(cfg, fold=fold), processor, show_progress=False)
+        zero_shot["pretrained"].append({"fold": fold, **zero_shot_accuracies(pretrained, splits["test"])})
         for seed in range(1, settings["seeds"] + 1):
             for arm in arms:
                 output_dir = workdir / "runs" / f"fold-{fold}" / f"seed-{seed}" / arm
@@ -126,14 +161,18 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
                 records[arm].append({"fold": fold, "seed": seed, "value": metrics["accuracy"],
                                      "train_value": metrics["train_metrics"]["accuracy"],
                                      "seconds": round(metrics["train_seconds"], 1)})  # fmt: skip
+                if arm == REFERENCE_ARM:
+                    zero_shot["default"].append({"fold": fold, "seed": seed,
+                                                 **zero_shot_accuracies(output_dir / "model", splits["test"])})
                 shutil.rmtree(output_dir / "model", ignore_errors=True)
-            splits = load_splits(dataclasses.replace(cfg, fold=fold), processor, show_progress=False)
             depth = train_depth_cnn(splits["train"], splits["test"], processor.views, processor.channels, seed=seed)
             records["depth_cnn"].append({"fold": fold, "seed": seed, "value": depth["accuracy"],
                                          "train_value": depth["train_accuracy"]})  # fmt: skip
             results["arms"] = {name: _summary(descriptions[name], runs,
                                               None if name == REFERENCE_ARM else records[REFERENCE_ARM])
                                for name, runs in records.items()}  # fmt: skip
+            results["zero_shot"] = {name: _zero_shot_summary(ZERO_SHOT_MODELS[name], runs)
+                                    for name, runs in zero_shot.items()}  # fmt: skip
             results["wall_seconds"] = round(time.perf_counter() - started, 1)
             if output:
                 write_json(results, output, echo=False)

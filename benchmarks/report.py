@@ -254,6 +254,17 @@ def pretraining_markdown(r: dict, source: str = "pretraining.json") -> list:
         lines.append(f"| {summary['description']} | {_number(summary['mean'], 3)} | {_number(summary['std'], 3)} "
                      f"| {_number(summary['train_mean'], 3)} | {_paired_cell(summary['paired_difference'])} "
                      f"| {len(summary['runs'])} |")  # fmt: skip
+    if r.get("zero_shot"):
+        word_sets = s["zero_shot_words"]
+        lines += ["", "Zero-shot: test accuracy with other class names, as the `pipeline` prompts ("
+                  + "; ".join(f"{name.replace('_', ' ')}: {', '.join(words.values()) or 'the class names'}"
+                              for name, words in word_sets.items()) + ").", "",
+                  "| model | " + " | ".join(name.replace("_", " ") for name in word_sets) + " | runs |",
+                  "|---" * (len(word_sets) + 2) + "|"]  # fmt: skip
+        for summary in r["zero_shot"].values():
+            lines.append(f"| {summary['description']} | "
+                         + " | ".join(_number(summary["accuracy"][name], 3) for name in word_sets)
+                         + f" | {len(summary['runs'])} |")  # fmt: skip
     return lines + [""]
 
 

@@ -108,5 +108,24 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
     assert results["arms"]["scratch"]["paired_difference"]["pairs"] == 1
     assert results["settings"]["target_generator"]["shape_family"] == "b", "the pretraining saw family a"
     assert json.loads((tmp_path / "gain.json").read_text())["arms"].keys() == results["arms"].keys()
+    zero_shot = results["zero_shot"]
+    assert list(zero_shot) == ["pretrained", "default"], "the start before fine-tuning, and the default command's model"
+    for summary in zero_shot.values():
+        assert list(summary["accuracy"]) == list(pretraining_gain.WORD_SETS)
+        assert all(0 <= value <= 1 for value in summary["accuracy"].values()) and len(summary["runs"]) == 1
+    default_run = results["arms"]["default"]["runs"][0]
+    assert zero_shot["default"]["runs"][0]["label_names"] == pytest.approx(default_run["value"]), "the same prompts"
     table = "\n".join(pretraining_markdown(results))
     assert "| `--init-from none` (from scratch) |" in table and "quick mode" in table
+    assert "| the default command's model |" in table and "irate" in table
+
+
+def test_unseen_zero_shot_words_are_outside_the_prompt_vocabulary():
+    from benchmarks import pretraining_gain
+    from modeling_facet.prompts import SYNONYMS
+
+    vocabulary = {word for words in SYNONYMS.values() for word in words}
+    unseen = pretraining_gain.WORD_SETS["unseen_words"][1]
+    assert set(unseen) == {"anger", "disgust", "fear", "happiness", "sadness", "surprise"}
+    assert not set(unseen.values()) & vocabulary
+    assert set(pretraining_gain.WORD_SETS["prompt_table_synonyms"][1].values()) <= vocabulary
