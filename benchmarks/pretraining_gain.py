@@ -53,13 +53,13 @@ ARMS = {
 }
 DEPTH_CNN = "baseline: CNN on one 64x64 frontal depth map (its own recipe)"
 REFERENCE_ARM = "default"
-# Zero-shot class names (issue 14, item 4): name -> (description, class -> word); a class left out keeps its name.
+# Zero-shot class names (issue 14, item 4): set -> {class: word}; a class left out keeps its name. The label names;
+# synonyms from the prompt table (seen in augmented training prompts); words outside the prompt vocabulary (never seen).
 WORD_SETS = {
-    "label_names": ("the training label names", {}),
-    "prompt_table_synonyms": ("synonyms from the prompt table (seen in augmented training prompts)", ZERO_SHOT_WORDS),
-    "unseen_words": ("words outside the prompt vocabulary (never in a training prompt)",
-                     {"anger": "irate", "disgust": "repelled", "fear": "petrified", "happiness": "elated",
-                      "sadness": "melancholy", "surprise": "dumbfounded"}),
+    "label_names": {},
+    "prompt_table_synonyms": ZERO_SHOT_WORDS,
+    "unseen_words": {"anger": "irate", "disgust": "repelled", "fear": "petrified", "happiness": "elated",
+                     "sadness": "melancholy", "surprise": "dumbfounded"},
 }  # fmt: skip
 ZERO_SHOT_MODELS = {
     "pretrained": "the synthetic-pretrained start, not fine-tuned", "default": "the default command's model",
@@ -94,7 +94,7 @@ def zero_shot_accuracies(model_dir, test) -> dict:
     model = FacetVLMForExpressionRecognition.from_pretrained(model_dir)
     processor = FacetVLMProcessor.from_pretrained(model_dir)
     return {name: evaluate_split(model, processor, test, [words.get(label, label) for label in test.label_names])
-            ["accuracy"] for name, (_, words) in WORD_SETS.items()}  # fmt: skip
+            ["accuracy"] for name, words in WORD_SETS.items()}  # fmt: skip
 
 
 def _zero_shot_summary(description: str, records: list) -> dict:
@@ -139,7 +139,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
                      "command": "facet-vlm train --dataset bu3dfe --data-dir ROOT --protocol standard --fold F "
                                 "--num-folds K --seed S [--init-from none]",
                      "arms": {arm: ARMS[arm][1] for arm in arms},
-                     "zero_shot_words": {name: words for name, (_, words) in WORD_SETS.items()},
+                     "zero_shot_words": WORD_SETS,
                      "paired_difference": f"arm minus {REFERENCE_ARM} on the same (fold, seed), 95 % t interval"},
         "pretrained": str(pretrained),
         "pretraining_seconds": round(time.perf_counter() - pretraining_started, 1),

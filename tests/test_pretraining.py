@@ -125,7 +125,7 @@ def test_unseen_zero_shot_words_are_outside_the_prompt_vocabulary():
     from modeling_facet.prompts import SYNONYMS
 
     vocabulary = {word for words in SYNONYMS.values() for word in words}
-    unseen = pretraining_gain.WORD_SETS["unseen_words"][1]
+    unseen = pretraining_gain.WORD_SETS["unseen_words"]
     assert set(unseen) == {"anger", "disgust", "fear", "happiness", "sadness", "surprise"}
     assert not set(unseen.values()) & vocabulary
-    assert set(pretraining_gain.WORD_SETS["prompt_table_synonyms"][1].values()) <= vocabulary
+    assert set(pretraining_gain.WORD_SETS["prompt_table_synonyms"].values()) <= vocabulary
