@@ -197,6 +197,11 @@ def _paired_cell(paired: dict | None) -> str:
     return f"{paired['mean'] * 100:+.1f} points{interval}: {paired['verdict']}"
 
 
+def _folds(run: int, total: int) -> str:
+    """The folds a study ran, its first `run` of `total`: "fold 0 of 10" or "folds 0-9 of 10"."""
+    return f"fold 0 of {total}" if run == 1 else f"folds 0-{run - 1} of {total}"
+
+
 def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
     """Lines of the accuracy table: per row the test metric (mean +- std over the (fold, seed) runs), the train
     metric, and the paired difference to the full model with its 95 % interval and verdict."""
@@ -204,7 +209,7 @@ def accuracy_markdown(study: dict, source: str = "accuracy_study.json") -> list:
     state = "" if study.get("complete") else " **(incomplete: still running or stopped; runs so far)**"
     lines = [
         f"### Accuracy study (synthetic benchmark, subject-independent folds): `{source}`" + state, "",
-        f"{s['subjects']} synthetic subjects, folds 0-{s['folds_run'] - 1} of {s['folds']} (the same folds for every "
+        f"{s['subjects']} synthetic subjects, {_folds(s['folds_run'], s['folds'])} (the same folds for every "
         f"row), {s['seeds']} model seed(s) per fold (the data seed fixed), {s['steps']} steps of batch "
         f"{s['batch_size']}, {s['preset']} preset, learning rate {s['learning_rate']}, test intensities "
         f"{s['test_intensities']} (static rows); recipe: {s['recipe']}"
@@ -241,7 +246,7 @@ def pretraining_markdown(r: dict, source: str = "pretraining.json") -> list:
         f"Target: a BU-3DFE-layout tree of {s['subjects']} synthetic people from the generator's transfer target "
         f"(shape family {generator['shape_family']!r}, {generator['grid_spacing_mm']} mm mesh spacing, seed "
         f"{s['target_seed']}); the pretrained model (`{r['pretrained']}`, {_number(r.get('pretraining_seconds'), 0)} "
-        f"s to build) saw only the other family. Standard protocol, folds 0-{s['run_folds'] - 1} of {s['folds']}, "
+        f"s to build) saw only the other family. Standard protocol, {_folds(s['run_folds'], s['folds'])}, "
         f"model seeds 1-{s['seeds']}; `{s['command']}`"
         + ("; **quick mode: a CI-sized check, not a result**" if r.get("quick") else "") + ". "
         f"Paired difference: {s['paired_difference']}. Wall time {_number(r.get('wall_seconds'))} s. "

@@ -101,12 +101,13 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
     with pytest.raises(ValueError, match=r"Unknown arms \['bogus'\]"):
         pretraining_gain.run(quick=True, arms=["bogus"])
     results = pretraining_gain.run(quick=True, arms=["scratch", "l_gf"], work_dir=tmp_path / "work",
-                                   output=tmp_path / "gain.json")  # fmt: skip
+                                   output=tmp_path / "gain.json", target_seed=3)  # fmt: skip
     assert list(results["arms"]) == ["default", "scratch", "l_gf", "depth_cnn"]
     for summary in results["arms"].values():
         assert len(summary["runs"]) == 1 and 0 <= summary["mean"] <= 1 and 0 <= summary["train_mean"] <= 1
     assert results["arms"]["scratch"]["paired_difference"]["pairs"] == 1
     assert results["settings"]["target_generator"]["shape_family"] == "b", "the pretraining saw family a"
+    assert results["settings"]["target_seed"] == results["settings"]["target_generator"]["seed"] == 3
     assert json.loads((tmp_path / "gain.json").read_text())["arms"].keys() == results["arms"].keys()
     zero_shot = results["zero_shot"]
     assert list(zero_shot) == ["pretrained", "default"], "the start before fine-tuning, and the default command's model"
@@ -117,6 +118,7 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
     assert zero_shot["default"]["runs"][0]["label_names"] == pytest.approx(default_run["value"]), "the same prompts"
     table = "\n".join(pretraining_markdown(results))
     assert "| `--init-from none` (from scratch) |" in table and "quick mode" in table
+    assert "fold 0 of 2, model seeds 1-1" in table and "seed 3)" in table
     assert "| the default command's model |" in table and "irate" in table
 
 
