@@ -15,10 +15,9 @@ from training.train import train
 def tiny_recipe(tmp_path, monkeypatch):
     """A seconds-long pretraining recipe and an empty cache of pretrained models."""
     recipe = tmp_path / "pretraining.yaml"
-    recipe.write_text(yaml.safe_dump(dict(dataset="synthetic", protocol="all", synthetic_subjects=6, num_folds=2,
+    recipe.write_text(yaml.safe_dump(dict(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2,
                                           fold=0, max_steps=2, batch_size=8, seed=5)))  # fmt: skip
     monkeypatch.setattr(pretraining, "PRETRAINING_CONFIG", recipe)
-    monkeypatch.setattr(pretraining, "PRETRAINING_SUBJECTS", 4)
     monkeypatch.setattr(pretraining, "cache_root", lambda: tmp_path / "hf-home" / "facet-vlm")
     return recipe
 

@@ -3,10 +3,8 @@ on the synthetic generator, built once per architecture into the HF cache and re
 
 No pretrained image weights install offline, so the image tower learns from the data, and a benchmark has only
 hundreds of scans. On BU-3DFE-layout scans of a real face model (issue 14), the same command reached 69.4 % from
-scratch and 80.6 % starting from the main job's model. The pretraining recipe is the main job's
-(training/configs/demo.yaml) on `PRETRAINING_SUBJECTS` people: twice the main job's 100, which raised the default
-command from 70.8 % to 80.6 % on fold 0 of a transfer-target tree that chose it (benchmarks/pretraining_gain.py
-`--target-seed 11`), for about 11 minutes of building instead of 6 on the 2-core machine.
+scratch and 80.6 % starting from the main job's model, and that model's recipe (training/configs/demo.yaml) is the
+pretraining recipe.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ from .config import DEMO_CONFIG, TrainConfig
 
 
 PRETRAINING_CONFIG = DEMO_CONFIG
-PRETRAINING_SUBJECTS = 200
 # init_from values besides a model folder or Hub repo id.
 AUTO, SYNTHETIC, SCRATCH = "auto", "synthetic", "none"
 
@@ -40,7 +37,7 @@ def cache_root() -> Path:
 def pretraining_config(cfg: TrainConfig) -> TrainConfig:
     """The pretraining run for `cfg`'s architecture (its preset and model overrides), without its output folders."""
     return TrainConfig.from_yaml(PRETRAINING_CONFIG, preset=cfg.preset, model_overrides=cfg.model_overrides,
-                                 init_from=SCRATCH, synthetic_subjects=PRETRAINING_SUBJECTS)  # fmt: skip
+                                 init_from=SCRATCH)  # fmt: skip
 
 
 def pretrained_folder(cfg: TrainConfig) -> Path:
@@ -88,7 +85,7 @@ def synthetic_pretrained(cfg: TrainConfig, pretrain) -> Path:
         recipe = dataclasses.replace(settings, output=str(partial / "run"),
                                      cache_dir=str(partial / "cache"))  # fmt: skip
         print(f"Pretraining FACET-VLM ({cfg.preset} preset) on {recipe.synthetic_subjects} synthetic people, once for "
-              f"this architecture, into {folder} (the main job's recipe: about 11 minutes on a 2-core "
+              f"this architecture, into {folder} (the main job's recipe: about 6 minutes on a 2-core "
               f"CPU for the small preset; --init-from none skips it).", flush=True)  # fmt: skip
         metrics = pretrain(recipe)
         shutil.rmtree(partial / "cache")
