@@ -12,9 +12,9 @@ each default-command model are also tested zero-shot: prompted with the label na
 table, and with words no training prompt held (`WORD_SETS`).
 
 Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--subjects N] [--folds K]
-    [--run-folds R] [--seeds S] [--arms default,scratch,...] [--work-dir DIR]
+    [--run-folds R] [--seeds S] [--arms default,scratch,...] [--target-seed N] [--work-dir DIR]
 
-The first run builds the synthetic-pretrained model into the HF cache (about 11 minutes on the 2-core machine); each
+The first run builds the synthetic-pretrained model into the HF cache (about 9 minutes on the 2-core machine); each
 default-recipe run then takes about 2.5 minutes there (with its zero-shot tests about 3), so one fold x 3 seeds of
 every arm take about an hour.
 """
