@@ -29,7 +29,9 @@ import datasets
 
 from . import bu3dfe, bu4dfe
 from .common import GENDERS, FacetBuilder, FacetBuilderConfig, LabelError, MissingDataError
-from .synthetic_faces import AU_NAMES, EXPRESSIONS, LABELS_FILENAME, SyntheticConfig, write_bu3dfe_tree, write_bu4dfe_tree
+from .synthetic_faces import (
+    AU_NAMES, EXPRESSIONS, GENERATOR_VERSION, LABELS_FILENAME, SyntheticConfig, write_bu3dfe_tree, write_bu4dfe_tree,
+)  # fmt: skip
 
 
 @dataclass
@@ -38,6 +40,10 @@ class SyntheticFacesConfig(FacetBuilderConfig):
 
     num_subjects: int = 10
     data_seed: int = 0
+
+    def content_settings(self) -> dict:
+        """As :class:`FacetBuilderConfig`'s, plus the generator's version (the faces a generated tree holds)."""
+        return {**super().content_settings(), "generator_version": GENERATOR_VERSION}
 
 
 def read_sidecar(root: str) -> dict:
@@ -123,7 +129,8 @@ class SyntheticFaces(FacetBuilder):
         config = self.config
         layout = "bu4dfe" if self._is_sequence() else "bu3dfe"
         root = os.path.join(
-            self._cache_downloaded_dir, "synthetic_faces", f"{layout}-{config.num_subjects}-seed{config.data_seed}"
+            self._cache_downloaded_dir, "synthetic_faces",
+            f"{layout}-{config.num_subjects}-seed{config.data_seed}-v{GENERATOR_VERSION}",
         )
         if not os.path.isdir(root):
             partial = f"{root}.incomplete-{uuid.uuid4().hex}"

@@ -19,8 +19,9 @@ People vary as in real scans, again each a knob:
 * intensities are person-specific: an overall gain, per-AU gains, and a floor and ceiling of intensity;
 * AUs act asymmetrically (per-subject left/right gains) and pull in their usual partners (AU6 with AU12...);
 * prototypes overlap as in the EMFACS variants: anger, fear and sadness share AU4, fear and sadness AU1;
-* two shape families (``shape_family``: feature placement, bump basis, triangulation) and the mesh density
-  let one pretrain on one generator and test on a clearly different one (``SyntheticConfig.transfer_target()``).
+* three shape families (``shape_family``: feature placement, bump basis, triangulation) and the mesh density
+  let one pretrain on one generator and test on a clearly different one (``SyntheticConfig.transfer_target()``);
+  by default each subject comes from family a or b, so that family c stays unseen.
 
 No texture is written: the BU-3DFE writer supports texture coordinates and an image name, but an image per scan
 and a texture coordinate per vertex would make writing (the bulk of generation time) markedly slower.
@@ -58,6 +59,9 @@ EMOTION_CODES = tuple(code for code in EXPRESSIONS if code != "NE")
 RACES = tuple(RACE_CODES)
 _RACE_WEIGHTS = np.array([51, 9, 24, 2, 6, 8], dtype=np.float64) / 100.0  # BU-3DFE subject counts
 LABELS_FILENAME = "synthetic_labels.csv"
+# Changes whenever the same SyntheticConfig makes other faces, so that no cache outlives the generator that made it
+# (the synthetic builder's trees and views, the synthetic-pretrained model). 2: families c and a+b, a+b the default.
+GENERATOR_VERSION = 2
 
 # EMFACS prototypes as (core, optional) AU -> apex activation. A subject's style may omit optional AUs, so each
 # subject shows one of the EMFACS variants (anger 4+5+7+23/24/17, fear 1+2+4+5(+20)(+25/26), sadness 1+4+15(+17)
@@ -139,17 +143,27 @@ _GROUP_FACTORS = {
 _SHAPE_BUMPS = 10  # low-frequency random bumps per identity
 # Shape families (SyntheticConfig.shape_family). "a": the priors above, Gaussian bumps, quads split along one
 # diagonal. "b": feature placement shifted by these means (mm) and its spread scaled by these factors, random
-# low-order cosine fields instead of bumps (in depth and within the face plane), quads split the other way.
-_SHAPE_FAMILIES = ("a", "b")
-_FAMILY_B_SHIFTS = {
-    "eye_y": 4.0, "mouth_y": -4.0, "eye_half_spacing": 2.0, "nose_height": -2.0, "profile_radius": -30.0,
-    "head_radius": -6.0, "chin_drop": 3.0, "brow_ridge": 1.0, "cheekbone": 1.5, "lip_fullness": -0.5,
+# low-order cosine fields instead of bumps (in depth and within the face plane), quads split the other way. "c":
+# shifted and spread another way, random plane waves (in depth and within the plane), quads split in a checkerboard.
+# "a+b": each subject from family a or b (equally likely); family c is then the unseen one.
+_MIXED_FAMILY = "a+b"
+_TRANSFER_FAMILY = {"a": "b", "b": "a", _MIXED_FAMILY: "c", "c": _MIXED_FAMILY}
+_FAMILY_SHIFTS = {
+    "b": {"eye_y": 4.0, "mouth_y": -4.0, "eye_half_spacing": 2.0, "nose_height": -2.0, "profile_radius": -30.0,
+          "head_radius": -6.0, "chin_drop": 3.0, "brow_ridge": 1.0, "cheekbone": 1.5, "lip_fullness": -0.5},
+    "c": {"eye_y": -3.0, "mouth_y": 3.0, "eye_half_spacing": -2.0, "nose_height": 3.0, "profile_radius": 30.0,
+          "head_radius": 6.0, "chin_drop": -3.0, "nose_width": 1.5, "mouth_half_width": 2.0, "muzzle": 2.0},
 }
-_FAMILY_B_SPREAD = {
-    "half_width": 0.6, "half_height": 0.6, "head_radius": 0.6, "nose_height": 0.6, "eye_y": 1.8, "mouth_y": 1.8,
-    "eye_half_spacing": 1.8, "chin_drop": 1.8, "mouth_half_width": 1.8, "cheekbone": 1.5, "chin": 1.5,
+_FAMILY_SPREAD = {
+    "b": {"half_width": 0.6, "half_height": 0.6, "head_radius": 0.6, "nose_height": 0.6, "eye_y": 1.8,
+          "mouth_y": 1.8, "eye_half_spacing": 1.8, "chin_drop": 1.8, "mouth_half_width": 1.8, "cheekbone": 1.5,
+          "chin": 1.5},
+    "c": {"nose_width": 1.8, "lip_fullness": 1.8, "muzzle": 1.6, "eye_depth": 1.8, "brow_ridge": 1.5,
+          "jaw_ratio": 1.8, "bridge_height": 1.6, "half_width": 1.3},
 }
 _COSINE_ORDER = 4  # family b: cosine modes cos(p pi u) cos(q pi v), p, q < 4, over the face's bounding box
+_PLANE_WAVES = 6  # family c: plane waves per field, wavelengths in _WAVELENGTH_MM
+_WAVELENGTH_MM = (40.0, 120.0)
 _HOLE_SITES = ("eye", "nostril", "hairline", "chin", "anywhere")
 _HOLE_SITE_WEIGHTS = np.array([0.3, 0.2, 0.25, 0.1, 0.15])
 _BND_STYLES = ("%.9g", "%.6f")
@@ -158,7 +172,7 @@ _MODEL_CACHE_SIZE = 4
 
 # Purposes that key the random streams.
 (_STREAM_GENDERS, _STREAM_SUBJECT, _STREAM_IDENTITY, _STREAM_STYLE, _STREAM_SCAN, _STREAM_SEQUENCE,
- _STREAM_FILE_STYLE, _STREAM_TRAITS) = range(8)
+ _STREAM_FILE_STYLE, _STREAM_TRAITS, _STREAM_FAMILY) = range(9)
 
 
 @dataclass(frozen=True)
@@ -180,8 +194,10 @@ class SyntheticConfig:
         seed: root of every random stream.
         identity_scale: multiplies every identity standard deviation (0 gives near-identical subjects).
         shape_noise_mm: amplitude of the low-frequency random bumps on each identity.
-        shape_family: ``"a"`` or ``"b"``, two families of identity shape (feature placement, bump basis, mesh
-            triangulation); pretrain on one and test on the other to measure transfer (see ``transfer_target``).
+        shape_family: ``"a"``, ``"b"`` or ``"c"``, three families of identity shape (feature placement, bump
+            basis, mesh triangulation), or ``"a+b"``: each subject from family a or b, so that a model learns
+            expression rather than one family; pretrain on some and test on another to measure transfer (see
+            ``transfer_target``).
         resting_expression_sigma: standard deviation of each subject's resting expression, a neutral face that
             carries its own AU activations (someone who looks a bit sad or angry at rest): brow, lid and chin AUs
             at this sigma, the others at half of it, mouth opening only opening. Its scans' AU labels leave it
@@ -222,7 +238,7 @@ class SyntheticConfig:
     seed: int = 0
     identity_scale: float = 1.0
     shape_noise_mm: float = 1.5
-    shape_family: str = "a"
+    shape_family: str = _MIXED_FAMILY
     resting_expression_sigma: float = 0.5
     grid_spacing_mm: tuple = (1.9, 2.5)
     female_fraction: float = 0.56
@@ -253,8 +269,9 @@ class SyntheticConfig:
     sequence_frames: tuple = (16, 32)
 
     def __post_init__(self):
-        if self.shape_family not in _SHAPE_FAMILIES:
-            raise ValueError(f"SyntheticConfig.shape_family must be one of {_SHAPE_FAMILIES}, got {self.shape_family!r}")
+        if self.shape_family not in _TRANSFER_FAMILY:
+            raise ValueError(f"SyntheticConfig.shape_family must be one of {tuple(_TRANSFER_FAMILY)}, "
+                             f"got {self.shape_family!r}")
         for name in ("female_fraction", "optional_au_drop_prob", "extra_au_prob", "secondary_prob", "spike_prob",
                      "coactivation_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -293,11 +310,11 @@ class SyntheticConfig:
         )
 
     def transfer_target(self) -> "SyntheticConfig":
-        """A clearly different generator to test transfer on: the other shape family and a mesh with vertices
-        1.4x closer (about twice as many), everything else (seed included) unchanged."""
-        other = _SHAPE_FAMILIES[1 - _SHAPE_FAMILIES.index(self.shape_family)]
+        """A clearly different generator to test transfer on: the shape family it never draws (c for a+b, and the
+        other of a and b) and a mesh with vertices 1.4x closer (about twice as many), everything else (seed
+        included) unchanged."""
         spacing = tuple(round(value / 1.4, 3) for value in self.grid_spacing_mm)
-        return replace(self, shape_family=other, grid_spacing_mm=spacing)
+        return replace(self, shape_family=_TRANSFER_FAMILY[self.shape_family], grid_spacing_mm=spacing)
 
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
@@ -340,25 +357,32 @@ def _rotation(yaw_pitch_roll_deg) -> np.ndarray:
 # the nose tip sits near the origin).
 
 
-def _sample_shape(rng, gender: str, race: str, age: float, config: SyntheticConfig) -> SimpleNamespace:
+def _sample_shape(rng, gender: str, race: str, age: float, family: str, config: SyntheticConfig) -> SimpleNamespace:
     names = list(_SHAPE_PRIOR)
     prior = np.array([_SHAPE_PRIOR[name] for name in names])
     factors = np.array([_GROUP_FACTORS[gender].get(n, 1.0) * _GROUP_FACTORS[race].get(n, 1.0) for n in names])
-    shifts, spread = (_FAMILY_B_SHIFTS, _FAMILY_B_SPREAD) if config.shape_family == "b" else ({}, {})
+    shifts, spread = _FAMILY_SHIFTS.get(family, {}), _FAMILY_SPREAD.get(family, {})
     means = prior[:, 0] * factors + np.array([shifts.get(name, 0.0) for name in names])
     sds = prior[:, 1] * np.array([spread.get(name, 1.0) for name in names])
     values = means + sds * config.identity_scale * rng.standard_normal(len(names))
     values = np.where(means > 0, np.maximum(values, 0.4 * means), values)
-    shape = SimpleNamespace(**dict(zip(names, values.tolist())), family=config.shape_family)
+    shape = SimpleNamespace(**dict(zip(names, values.tolist())), family=family)
     shape.jaw_ratio = min(shape.jaw_ratio, 0.95)
     shape.nose_height = max(shape.nose_height, shape.bridge_height + 6.0)
     shape.nasolabial_depth = 0.6 + 2.0 * (age - 18.0) / 52.0
     amplitude = config.shape_noise_mm * config.identity_scale
-    if shape.family == "b":
+    if family == "b":
         order = np.arange(_COSINE_ORDER)
         shape.cosine = rng.normal(0.0, 1.0, (3, _COSINE_ORDER, _COSINE_ORDER)) * 2.0 * amplitude / (
             1.0 + order[:, None] + order[None, :])
         shape.cosine[:, 0, 0] = 0.0
+        return shape
+    if family == "c":
+        angles = rng.uniform(0.0, np.pi, (3, _PLANE_WAVES))
+        shape.wave_vectors = np.stack([np.cos(angles), np.sin(angles)], axis=-1) * 2.0 * np.pi / rng.uniform(
+            *_WAVELENGTH_MM, (3, _PLANE_WAVES, 1))
+        shape.wave_phases = rng.uniform(0.0, 2.0 * np.pi, (3, _PLANE_WAVES))
+        shape.wave_heights = rng.normal(0.0, 0.6 * amplitude, (3, _PLANE_WAVES))  # about b's total amplitude
         return shape
     shape.bump_centers = np.column_stack([
         rng.uniform(-shape.half_width, shape.half_width, _SHAPE_BUMPS),
@@ -369,8 +393,12 @@ def _sample_shape(rng, gender: str, race: str, age: float, config: SyntheticConf
     return shape
 
 
-def _cosine_fields(x, y, shape) -> np.ndarray:
-    """Family b's low-order cosine fields over the face's bounding box: (3, N) for x, y and z, in mm."""
+def _smooth_fields(x, y, shape) -> np.ndarray:
+    """The identity's smooth displacement fields of families b and c, (3, N) for x, y and z in mm: low-order cosine
+    modes over the face's bounding box (b) or plane waves (c)."""
+    if shape.family == "c":
+        phase = np.einsum("kwd,dn->kwn", shape.wave_vectors, np.stack([x, y])) + shape.wave_phases[..., None]
+        return np.einsum("kw,kwn->kn", shape.wave_heights, np.sin(phase))
     order = np.pi * np.arange(_COSINE_ORDER)
     u = np.cos(np.clip(0.5 * (x / shape.half_width + 1.0), 0.0, 1.0)[:, None] * order)
     v = np.cos(np.clip(0.5 * ((y - shape.center_y) / shape.half_height + 1.0), 0.0, 1.0)[:, None] * order)
@@ -378,9 +406,9 @@ def _cosine_fields(x, y, shape) -> np.ndarray:
 
 
 def _identity_bumps(x, y, shape) -> np.ndarray:
-    """Low-frequency height (mm) of the identity: Gaussian bumps (family a) or a cosine field (family b)."""
-    if shape.family == "b":
-        return _cosine_fields(x, y, shape)[2]
+    """Low-frequency height (mm) of the identity: Gaussian bumps (family a) or the depth of its smooth fields."""
+    if shape.family != "a":
+        return _smooth_fields(x, y, shape)[2]
     distance = np.hypot(x[:, None] - shape.bump_centers[:, 0], y[:, None] - shape.bump_centers[:, 1])
     return (shape.bump_heights * _gauss(distance, shape.bump_sigmas)).sum(axis=1)
 
@@ -397,7 +425,7 @@ def _face_radius(x, y, shape):
 
 def _face_grid(shape, spacing: float):
     """Grid vertices (x, y) inside the face outline and their counter-clockwise triangles (each grid square split
-    along its rising diagonal in shape family a, along the falling one in family b)."""
+    along its rising diagonal in shape family a, along the falling one in family b, alternately in family c)."""
     xs = np.arange(-shape.half_width, shape.half_width + spacing, spacing)
     ys = np.arange(shape.center_y - shape.half_height, shape.center_y + shape.half_height + spacing, spacing)
     grid_x, grid_y = np.meshgrid(xs, ys)
@@ -406,11 +434,16 @@ def _face_grid(shape, spacing: float):
     index[inside] = np.arange(inside.sum())
     corner00, corner01 = index[:-1, :-1].ravel(), index[:-1, 1:].ravel()
     corner10, corner11 = index[1:, :-1].ravel(), index[1:, 1:].ravel()
-    if shape.family == "b":
-        halves = [[corner00, corner01, corner10], [corner01, corner11, corner10]]
+    rising = [[corner00, corner01, corner11], [corner00, corner11, corner10]]
+    falling = [[corner00, corner01, corner10], [corner01, corner11, corner10]]
+    if shape.family == "c":
+        row, column = np.indices((grid_x.shape[0] - 1, grid_x.shape[1] - 1))
+        checker = ((row + column) % 2 == 0).ravel()
+        halves = [np.where(checker, *pair) for pair in zip(rising, falling)]
+        halves = [np.column_stack(half) for half in halves]
     else:
-        halves = [[corner00, corner01, corner11], [corner00, corner11, corner10]]
-    triangles = np.concatenate([np.column_stack(half) for half in halves])
+        halves = [np.column_stack(half) for half in (falling if shape.family == "b" else rising)]
+    triangles = np.concatenate(halves)
     triangles = triangles[(triangles >= 0).all(axis=1)]
     return grid_x[inside], grid_y[inside], triangles
 
@@ -688,8 +721,8 @@ def _identity_surface(x, y, shape, traits):
     side = np.tanh(_feature_frame(x, y, shape)[0] / 10.0)
     basis *= (1.0 + traits.asymmetry[:, None] * side[None, :])[..., None]
     neutral = np.column_stack([x, y, _neutral_height(x, y, shape)]) + np.tensordot(traits.resting, basis, axes=1)
-    if shape.family == "b":  # features also move within the face plane
-        neutral[:, :2] += _cosine_fields(x, y, shape)[:2].T
+    if shape.family != "a":  # features also move within the face plane
+        neutral[:, :2] += _smooth_fields(x, y, shape)[:2].T
     return neutral, basis
 
 
@@ -746,8 +779,11 @@ class SyntheticFaceGenerator:
         """Every per-subject draw: metadata, shape, mesh spacing, scanner position, traits and expression style."""
         config = self.config
         meta = self.subject(index)
+        family = config.shape_family
+        if family == _MIXED_FAMILY:
+            family = str(_rng(config.seed, _STREAM_FAMILY, index).choice(["a", "b"]))
         rng = _rng(config.seed, _STREAM_IDENTITY, index)
-        shape = _sample_shape(rng, meta["gender"], meta["race"], meta["age"], config)
+        shape = _sample_shape(rng, meta["gender"], meta["race"], meta["age"], family, config)
         spacing = _uniform(rng, config.grid_spacing_mm)
         scanner_target = np.array([_uniform(rng, bounds) for bounds in config.scanner_offset_mm])
         style, secondary = _sample_style(_rng(config.seed, _STREAM_STYLE, index), config)

@@ -683,6 +683,21 @@ def test_synthetic_builder_generates_its_own_tree_and_reuses_it(tmp_path, monkey
     assert again["test"].with_format("numpy")["pixel_values"][:].shape == (12, 1, 5, 16, 16)
 
 
+def test_another_generator_version_never_reuses_a_generated_tree_or_its_cache(tmp_path, monkeypatch):
+    from datasets_scripts import synthetic
+
+    def generated(**settings):
+        builder = SyntheticFaces(config_name="scans", cache_dir=str(tmp_path), num_subjects=2, **settings)
+        return builder.cache_dir, builder._data_root(None)
+
+    monkeypatch.setattr(synthetic, "write_bu3dfe_tree", lambda root, *args: os.makedirs(root))
+    before = generated()
+    monkeypatch.setattr(synthetic, "GENERATOR_VERSION", synthetic.GENERATOR_VERSION + 1)
+    after = generated()
+    assert after[0] != before[0], "the Arrow cache"
+    assert after[1] != before[1] and os.path.isdir(after[1]), "the generated tree"
+
+
 def test_synthetic_sequences_from_a_written_tree(tmp_path):
     root = tmp_path / "synthetic4d"
     write_bu4dfe_tree(root, 2, SyntheticConfig(sequence_frames=(3, 4)), progress=False)

@@ -53,6 +53,13 @@ def test_a_benchmark_run_starts_from_the_synthetic_model_built_once_and_then_reu
     assert pretraining.pretrained_folder(other) != first.parent, "another architecture gets its own model"
 
 
+def test_another_generator_version_gets_its_own_pretrained_model(monkeypatch):
+    cfg = TrainConfig(preset="tiny")
+    before = pretraining.pretrained_folder(cfg)
+    monkeypatch.setattr(pretraining, "GENERATOR_VERSION", pretraining.GENERATOR_VERSION + 1)
+    assert pretraining.pretrained_folder(cfg) != before
+
+
 def test_scratch_synthetic_and_explicit_starts_build_nothing(tmp_path, tiny_recipe):
     def must_not_run(cfg):
         raise AssertionError("pretraining ran")
@@ -106,7 +113,7 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
     for summary in results["arms"].values():
         assert len(summary["runs"]) == 1 and 0 <= summary["mean"] <= 1 and 0 <= summary["train_mean"] <= 1
     assert results["arms"]["scratch"]["paired_difference"]["pairs"] == 1
-    assert results["settings"]["target_generator"]["shape_family"] == "b", "the pretraining saw family a"
+    assert results["settings"]["target_generator"]["shape_family"] == "c", "the pretraining saw families a and b"
     assert results["settings"]["target_seed"] == results["settings"]["target_generator"]["seed"] == 3
     assert json.loads((tmp_path / "gain.json").read_text())["arms"].keys() == results["arms"].keys()
     zero_shot = results["zero_shot"]

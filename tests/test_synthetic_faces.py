@@ -56,7 +56,7 @@ def test_public_tables_are_consistent():
         ({"sequence_frames": (1, 4)}, "sequence_frames"),
         ({"pose_sigma_deg": (1.0, 2.0)}, "pose_sigma_deg"),
         ({"holes_per_scan": -1.0}, "holes_per_scan"),
-        ({"shape_family": "c"}, "shape_family"),
+        ({"shape_family": "d"}, "shape_family"),
         ({"coactivation_prob": 2.0}, "coactivation_prob"),
         ({"asymmetry_sigma": -0.1}, "asymmetry_sigma"),
         ({"intensity_floor": (0.0, 0.7), "intensity_ceiling": (0.6, 1.0)}, "intensity_floor"),
@@ -83,7 +83,7 @@ def test_bad_requests_are_refused():
         generator.subject(-1)
 
 
-@pytest.mark.parametrize("family", ["a", "b"])
+@pytest.mark.parametrize("family", ["a", "b", "c", "a+b"])
 def test_same_seed_same_scans_in_any_order_and_other_seed_differs(family):
     config = replace(SMALL, shape_family=family)
     alone = SyntheticFaceGenerator(config).scan(7, "SU", 3)
@@ -164,7 +164,7 @@ def test_scans_are_valid_meshes_with_landmarks_on_vertices():
     assert 2500 <= default_size <= 6000
 
 
-@pytest.mark.parametrize("family", ["a", "b"])
+@pytest.mark.parametrize("family", ["a", "b", "c"])
 def test_unposed_face_is_frontal_with_the_nose_tip_in_front(family):
     generator = SyntheticFaceGenerator(replace(SMALL.clean(), shape_family=family))
     scan, info = generator.scan(5, "NE", 0)
@@ -315,13 +315,21 @@ def test_shape_family_changes_the_identity_basis_and_the_mesh():
         return ((centred @ components.T) ** 2).sum() / (centred**2).sum()
 
     basis_a = _principal_components(neutrals("a", range(60)))
-    same, other = captured(basis_a, neutrals("a", range(60, 120))), captured(basis_a, neutrals("b", range(60, 120)))
-    assert other < same - 0.04
-    first, second = (SyntheticFaceGenerator(replace(SMALL.clean(), shape_family=f)).scan(0, "NE", 0)[0]
-                     for f in "ab")
-    assert not np.array_equal(first.faces[: len(second.faces)], second.faces[: len(first.faces)])
-    target = SyntheticConfig().transfer_target()
-    assert target.shape_family == "b" and target.grid_spacing_mm[1] < SyntheticConfig().grid_spacing_mm[0]
+    same = captured(basis_a, neutrals("a", range(60, 120)))
+    for family in "bc":
+        assert captured(basis_a, neutrals(family, range(60, 120))) < same - 0.04, family
+    basis_mixed = _principal_components(neutrals("a+b", range(60)))
+    assert captured(basis_mixed, neutrals("c", range(60, 120))) < captured(basis_mixed, neutrals("a+b", range(60, 120)))
+    meshes = {f: SyntheticFaceGenerator(replace(SMALL.clean(), shape_family=f)).scan(0, "NE", 0)[0] for f in "abc"}
+    for first, second in ("ab", "ac", "bc"):
+        size = min(len(meshes[first].faces), len(meshes[second].faces))
+        assert not np.array_equal(meshes[first].faces[:size], meshes[second].faces[:size]), (first, second)
+    assert SyntheticConfig().shape_family == "a+b", "by default the generator mixes two families"
+    drawn = {SyntheticFaceGenerator(SMALL)._identity(index).shape.family for index in range(20)}
+    assert drawn == {"a", "b"}
+    for family, unseen in (("a+b", "c"), ("a", "b"), ("b", "a"), ("c", "a+b")):
+        target = SyntheticConfig(shape_family=family).transfer_target()
+        assert target.shape_family == unseen and target.grid_spacing_mm[1] < SyntheticConfig().grid_spacing_mm[0]
 
 
 def test_aus_act_asymmetrically_per_subject():

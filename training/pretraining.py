@@ -20,6 +20,7 @@ from filelock import FileLock
 from huggingface_hub import constants
 
 from datasets_scripts.registry import DATASETS
+from datasets_scripts.synthetic_faces import GENERATOR_VERSION
 
 from .config import DEMO_CONFIG, TrainConfig
 
@@ -42,8 +43,10 @@ def pretraining_config(cfg: TrainConfig) -> TrainConfig:
 
 def pretrained_folder(cfg: TrainConfig) -> Path:
     """The cache folder of the synthetic-pretrained model for `cfg`'s architecture: named by the preset and a hash
-    of the whole pretraining run, so that another recipe or architecture never reuses it."""
-    settings = json.dumps(dataclasses.asdict(pretraining_config(cfg)), sort_keys=True)
+    of the whole pretraining run and the generator's version, so that another recipe, architecture or generator
+    never reuses it."""
+    settings = json.dumps({**dataclasses.asdict(pretraining_config(cfg)), "generator_version": GENERATOR_VERSION},
+                          sort_keys=True)  # fmt: skip
     return cache_root() / "synthetic-pretrained" / f"{cfg.preset}-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
 
 
