@@ -1,10 +1,12 @@
 """What the default start of `facet-vlm train` adds on faces the generator never made: the default command
 (`--dataset bu3dfe --protocol standard`, which starts from the synthetic-pretrained model, training/pretraining.py)
 against the same command with `--init-from none`, beside the depth-CNN baseline, and the default with each part it
-keeps on removed (mixed view augmentation, L_cons, L_gf), all on the same subject-independent folds and model seeds.
+leaves off put back (mixed view augmentation, L_cons, L_gf) or another learning rate, all on the same
+subject-independent folds and model seeds.
 
 The target is a BU-3DFE-layout tree written from the generator's transfer target
-(`SyntheticConfig.transfer_target`: the other shape family and another mesh density than the pretraining data), and
+(`SyntheticConfig.transfer_target`: shape family c, which the pretraining data (families a and b) never drew, and a
+denser mesh), and
 with another seed, so that neither its people nor its shape basis were seen in pretraining: the transfer measurement
 of issue 14. Each arm's runs pair with the default arm's on the same (fold, seed): the paired difference has a 95 %
 t interval, as in the accuracy study. On each fold's test people, the synthetic-pretrained start (not fine-tuned) and
