@@ -180,12 +180,12 @@ class SyntheticConfig:
     """Knobs of the synthetic benchmark; the defaults give the hard benchmark.
 
     The defaults aim at the difficulty of real scans, measured with the baselines of ``benchmarks/bench_synthetic.py``
-    on intensities 03-04, 40 training and 20 test subjects: logistic regression on frontal depth maps scores about
-    53 % and its small CNN (40 epochs) about 59 %, where the generator of commit 2233e8f scored 64 % and 75 %; on
-    scans from a real face model, a depth-map regression scored 61.5 % and a small CNN 75 % with 54 training
-    subjects. Without resting expressions the CNN still scores about 60 %, but happiness becomes easy and fear is
-    mistaken for sadness; with them, 88 % of each expression lies in the identity subspace (0.49 without,
-    :func:`identity_subspace_fraction`) and happiness is confused too.
+    on intensities 03-04, 40 training and 20 test subjects, with family a alone (generator version 1): logistic
+    regression on frontal depth maps scores about 53 % and its small CNN (40 epochs) about 59 %, where the generator
+    of commit 2233e8f scored 64 % and 75 %; on scans from a real face model, a depth-map regression scored 61.5 % and
+    a small CNN 75 % with 54 training subjects. Without resting expressions the CNN still scores about 60 %, but
+    happiness becomes easy and fear is mistaken for sadness; with them, 88 % of each expression lies in the identity
+    subspace (0.49 without, :func:`identity_subspace_fraction`) and happiness is confused too.
 
     ``(low, high)`` pairs are sampled uniformly. Identity and style knobs are drawn once per subject; acquisition
     knobs once per scan (for 4D: crop and holes once per sequence, pose drifting, noise per frame).
