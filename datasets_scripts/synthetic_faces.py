@@ -440,10 +440,9 @@ def _face_grid(shape, spacing: float):
         row, column = np.indices((grid_x.shape[0] - 1, grid_x.shape[1] - 1))
         checker = ((row + column) % 2 == 0).ravel()
         halves = [np.where(checker, *pair) for pair in zip(rising, falling)]
-        halves = [np.column_stack(half) for half in halves]
     else:
-        halves = [np.column_stack(half) for half in (falling if shape.family == "b" else rising)]
-    triangles = np.concatenate(halves)
+        halves = falling if shape.family == "b" else rising
+    triangles = np.concatenate([np.column_stack(half) for half in halves])
     triangles = triangles[(triangles >= 0).all(axis=1)]
     return grid_x[inside], grid_y[inside], triangles
 
