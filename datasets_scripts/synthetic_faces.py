@@ -146,7 +146,8 @@ _SHAPE_BUMPS = 10  # low-frequency random bumps per identity
 # low-order cosine fields instead of bumps (in depth and within the face plane), quads split the other way. "c":
 # shifted and spread another way, random plane waves (in depth and within the plane), quads split in a checkerboard.
 # "a+b": each subject from family a or b (equally likely); family c is then the unseen one.
-_MIXED_FAMILY = "a+b"
+_MIXED_MEMBERS = ("a", "b")
+_MIXED_FAMILY = "+".join(_MIXED_MEMBERS)
 _TRANSFER_FAMILY = {"a": "b", "b": "a", _MIXED_FAMILY: "c", "c": _MIXED_FAMILY}
 _FAMILY_SHIFTS = {
     "b": {"eye_y": 4.0, "mouth_y": -4.0, "eye_half_spacing": 2.0, "nose_height": -2.0, "profile_radius": -30.0,
@@ -780,7 +781,7 @@ class SyntheticFaceGenerator:
         meta = self.subject(index)
         family = config.shape_family
         if family == _MIXED_FAMILY:
-            family = str(_rng(config.seed, _STREAM_FAMILY, index).choice(["a", "b"]))
+            family = str(_rng(config.seed, _STREAM_FAMILY, index).choice(_MIXED_MEMBERS))
         rng = _rng(config.seed, _STREAM_IDENTITY, index)
         shape = _sample_shape(rng, meta["gender"], meta["race"], meta["age"], family, config)
         spacing = _uniform(rng, config.grid_spacing_mm)
