@@ -288,6 +288,19 @@ def _tower_width(config) -> int:
     return sizes[-1] if sizes else config.hidden_size
 
 
+def vision_tower_blocks(tower) -> list[nn.Module]:
+    """A vision tower's blocks in input order: its stem (the patch or convolutional embedding), then each stage
+    (ResNet, ConvNeXt) or transformer layer (ViT, CLIP vision)."""
+    stem = [getattr(tower, name) for name in ("embedder", "embeddings", "pre_layrnorm") if hasattr(tower, name)]
+    holders = (getattr(tower, "encoder", None), tower)  # ViT keeps its layers on the model itself
+    layers = next((getattr(holder, name) for holder in holders for name in ("stages", "layers", "layer")
+                   if isinstance(getattr(holder, name, None), nn.ModuleList)), None)  # fmt: skip
+    if not stem or layers is None:
+        raise ValueError(f"Cannot tell the stem and stages of a {type(tower).__name__} vision tower: expected an "
+                         f"embedder or embeddings module, and stages, layers or layer (on it or its encoder).")  # fmt: skip
+    return [nn.ModuleList(stem), *layers]
+
+
 def _build_tower(config):
     if config.model_type == "clip_vision_model":
         return CLIPVisionModel._from_config(config)
@@ -327,6 +340,18 @@ class FacetVLMModel(FacetVLMPreTrainedModel):
         if self.config.freeze_text_tower:
             self.text_model.eval()  # a frozen tower keeps deterministic (dropout-free) features
         return self
+
+    def freeze_vision_blocks(self, count: int):
+        """Keep the first `count` blocks of every vision tower (`vision_tower_blocks`: the stem, then its stages or
+        layers) at their current weights; the rest of the model trains. Their BatchNorm statistics still follow the
+        training data."""
+        for tower in self.vision_towers:
+            blocks = vision_tower_blocks(tower)
+            if not 0 <= count <= len(blocks):
+                raise ValueError(f"Cannot freeze {count} vision blocks: the {type(tower).__name__} tower has "
+                                 f"{len(blocks)} blocks (its stem, then {len(blocks) - 1} stages or layers).")  # fmt: skip
+            for block in blocks[:count]:
+                block.requires_grad_(False)
 
     def load_pretrained_text_tower(self):
         """Initialise the text tower from `config.text_pretrained` (the installed all-MiniLM-L6-v2 package)."""

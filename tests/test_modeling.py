@@ -11,7 +11,7 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, BertConfig
 
 from modeling_facet import FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMModel
-from modeling_facet.modeling_facet import gradient_friendly_loss
+from modeling_facet.modeling_facet import gradient_friendly_loss, vision_tower_blocks
 
 
 NUM_CLASSES = 6
@@ -268,22 +268,40 @@ def test_bert_family_text_tower():
         torch.testing.assert_close(model.facet.get_text_features(ids, mask), model.facet.get_text_features(changed, mask))
 
 
-@pytest.mark.parametrize(
-    "vision",
-    [
-        {"model_type": "vit", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-         "intermediate_size": 20, "image_size": 32, "patch_size": 8},
-        {"model_type": "convnext", "hidden_sizes": [8, 16], "depths": [1, 1], "num_stages": 2},
-        {"model_type": "resnet", "hidden_sizes": [8, 16], "depths": [1, 1], "embedding_size": 8},
-    ],
-    ids=["vit", "convnext", "resnet"],
-)  # fmt: skip
+VISION_BACKBONES = {
+    "vit": {"model_type": "vit", "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 20, "image_size": 32, "patch_size": 8},
+    "convnext": {"model_type": "convnext", "hidden_sizes": [8, 16], "depths": [1, 1], "num_stages": 2},
+    "resnet": {"model_type": "resnet", "hidden_sizes": [8, 16], "depths": [1, 1], "embedding_size": 8},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("vision", VISION_BACKBONES.values(), ids=VISION_BACKBONES.keys())
 def test_vision_backbones(vision):
     model = tiny(vision_config=vision)
     ids, _ = prompts()
     out = model(pixel_values=views(), input_ids=ids, labels=torch.tensor([0, 1, 2, 3]))
     out.loss.backward()
     assert grad_norm(model.facet.vision_towers) > 0
+
+
+@pytest.mark.parametrize("backbone,blocks", [("clip", 3), ("vit", 2), ("convnext", 3), ("resnet", 3)])
+@pytest.mark.parametrize("per_view_towers", [False, True])
+def test_freezing_the_leading_vision_blocks_leaves_only_the_rest_to_train(backbone, blocks, per_view_towers):
+    """Blocks are the stem, then each stage or layer: freezing all but the last stops every gradient before it, in
+    every view's tower, while the last block, the projection and the text tower still learn."""
+    vision = {"vision_config": VISION_BACKBONES[backbone]} if backbone in VISION_BACKBONES else {}
+    model = tiny(shared_vision_tower=not per_view_towers, **vision)
+    model.facet.freeze_vision_blocks(blocks - 1)
+    ids, _ = prompts()
+    model(pixel_values=views(), input_ids=ids, labels=torch.tensor([0, 1, 2, 3])).loss.backward()
+    for tower in model.facet.vision_towers:
+        *frozen, last = vision_tower_blocks(tower)
+        assert all(p.grad is None and not p.requires_grad for block in frozen for p in block.parameters())
+        assert grad_norm(last) > 0
+    assert grad_norm(model.facet.visual_projection) > 0 and grad_norm(model.facet.text_model) > 0
+    with pytest.raises(ValueError, match=f"has {blocks} blocks"):
+        model.facet.freeze_vision_blocks(blocks + 1)
 
 
 def test_activation_checkpointing_gives_same_gradients():

@@ -419,3 +419,26 @@ def test_early_stopping_keeps_the_best_validation_epoch(tmp_path, cache_dir):
     validation = load_splits(cfg, processor.image_processor, show_progress=False)["validation"]
     again = evaluate_split(model, processor, validation, device="cpu")
     assert again["accuracy"] == pytest.approx(max(scores))
+
+
+def test_frozen_vision_blocks_keep_their_starting_weights(tmp_path, cache_dir):
+    """`freeze_vision_blocks: 2` fine-tunes all but the vision tower's stem and first layer: those keep the starting
+    model's weights exactly, while the layer after them moves."""
+    from safetensors.torch import load_file
+
+    train(tiny_config(tmp_path / "start", cache_dir, epochs=1))
+    train(tiny_config(tmp_path / "tuned", cache_dir, init_from=str(tmp_path / "start" / "model"),
+                      freeze_vision_blocks=2))  # fmt: skip
+    start, tuned = (load_file(tmp_path / name / "model" / "model.safetensors") for name in ("start", "tuned"))
+    tower = "facet.vision_towers.0."
+    frozen = [key for key in start if key.startswith((tower + "embeddings.", tower + "pre_layrnorm.",
+                                                      tower + "encoder.layers.0."))]  # fmt: skip
+    trained = [key for key in start if key.startswith(tower + "encoder.layers.1.")]
+    assert frozen and trained
+    assert all(torch.equal(start[key], tuned[key]) for key in frozen)
+    assert not all(torch.equal(start[key], tuned[key]) for key in trained)
+
+
+def test_a_negative_count_of_frozen_vision_blocks_is_refused():
+    with pytest.raises(ValueError, match="freeze_vision_blocks must be 0 or more"):
+        TrainConfig(freeze_vision_blocks=-1)

@@ -38,6 +38,7 @@ class TrainConfig:
     text_pretrained: str | None = None
     init_from: str = "auto"  # a model folder or repo id, "synthetic", "none" or "auto" (training/pretraining.py)
     model_overrides: dict = field(default_factory=dict)
+    freeze_vision_blocks: int = 0  # the vision tower's first blocks (stem, then stages) that keep their start weights
     epochs: int = 20
     max_steps: int | None = None
     batch_size: int = 32
@@ -82,6 +83,8 @@ class TrainConfig:
             raise ValueError(f"Unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}.")
         if self.eval_dataset is not None and self.eval_dataset not in DATASETS:
             raise ValueError(f"Unknown eval dataset {self.eval_dataset!r}; choose one of {sorted(DATASETS)}.")
+        if self.freeze_vision_blocks < 0:
+            raise ValueError(f"freeze_vision_blocks must be 0 or more; got {self.freeze_vision_blocks}.")
         if self.validation_subjects < 0:
             raise ValueError(f"validation_subjects must be 0 or more; got {self.validation_subjects}.")
 

@@ -143,6 +143,7 @@ def train(cfg: TrainConfig) -> dict:
     start = cfg.pretrained or pretraining.starting_checkpoint(cfg, pretrain=train)  # may pretrain (once per cache)
     set_seed(cfg.seed)
     model, processor = build_model_and_processor(cfg, is_multi_label(cfg.dataset), start)
+    model.base_model.freeze_vision_blocks(cfg.freeze_vision_blocks)
     with accelerator.main_process_first():  # rank 0 renders and caches; the others read its cache
         splits = load_splits(cfg, processor.image_processor, show_progress=accelerator.is_main_process)
     train_split, test_split, validation_split = splits["train"], splits["test"], splits.get("validation")
