@@ -1,8 +1,8 @@
 """What the default start of `facet-vlm train` adds on faces the generator never made: the default command
 (`--dataset bu3dfe --protocol standard`, which starts from the synthetic-pretrained model, training/pretraining.py)
 against the same command with `--init-from none`, beside the depth-CNN baseline, and the default with each part it
-leaves off put back (mixed view augmentation, L_cons, L_gf), another learning rate or frozen vision blocks, all on
-the same subject-independent folds and model seeds.
+leaves off put back (mixed view augmentation, L_cons, L_gf), another learning rate, frozen vision blocks or
+synthetic replay, all on the same subject-independent folds and model seeds.
 
 The target is a BU-3DFE-layout tree written from the generator's transfer target
 (`SyntheticConfig.transfer_target`: shape family c, which the pretraining data (families a and b) never drew, and a
@@ -60,6 +60,8 @@ ARMS = {
     "frozen_to_stage3": ("default start, `--freeze-vision-blocks 4` (all but the last stage)",
                          {"freeze_vision_blocks": 4}),
     "frozen_vision_tower": ("default start, `--freeze-vision-blocks 5` (the whole ResNet)", {"freeze_vision_blocks": 5}),
+    "replay_synthetic": ("default start, `--replay-synthetic 1` (each epoch adds as many pretraining scans)",
+                         {"replay_synthetic": 1.0}),
 }
 DEPTH_CNN = "baseline: CNN on one 64x64 frontal depth map (its own recipe)"
 REFERENCE_ARM = "default"

@@ -3,7 +3,9 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
+import torch
 import yaml
 
 from training import pretraining
@@ -138,3 +140,63 @@ def test_unseen_zero_shot_words_are_outside_the_prompt_vocabulary():
     assert set(unseen) == {"anger", "disgust", "fear", "happiness", "sadness", "surprise"}
     assert not set(unseen.values()) & vocabulary
     assert set(pretraining_gain.WORD_SETS["prompt_table_synonyms"].values()) <= vocabulary
+
+
+def _target_split(label_names, labels=None, frame_mask=None):
+    from training.data import ExpressionSplit
+
+    labels = torch.arange(len(label_names)) if labels is None else labels
+    return ExpressionSplit(torch.zeros(len(labels), 1), labels, list(label_names), frame_mask)
+
+
+def test_replay_draws_the_pretraining_people_in_the_target_label_space(tmp_path, tiny_recipe):
+    """`replay_split` renders the pretraining recipe's training people with the target run's image processor and
+    keeps the classes the target shares, labelled as the target labels them."""
+    from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
+    from training.data import load_splits
+
+    processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset("tiny"))
+    cfg = _benchmark_run(tmp_path, cache_dir=str(tmp_path / "data"))
+    replay = pretraining.replay_split(cfg, processor, _target_split(["surprise", "anger"]))
+    recipe = dataclasses.replace(pretraining.pretraining_config(cfg), cache_dir=str(tmp_path / "data"))
+    pretraining_train = load_splits(recipe, processor, show_progress=False)["train"]
+    assert replay.label_names == ["surprise", "anger"] and set(replay.labels.tolist()) == {0, 1}
+    assert set(replay.subjects) == set(pretraining_train.subjects), "the people the start was trained on"
+    surprise = pretraining_train.label_names.index("surprise")
+    assert len(replay) == 2 * int((pretraining_train.labels == surprise).sum())
+    assert replay.pixel_values.shape[1:] == pretraining_train.pixel_values.shape[1:]
+    with pytest.raises(ValueError, match="bu3dfe: the synthetic pretraining data has none of the classes"):
+        pretraining.replay_split(cfg, processor, _target_split(["boredom"]))
+    for split, kind in ((_target_split(["AU1", "AU2"], labels=torch.zeros(1, 2)), "multi-hot labels"),
+                        (_target_split(["anger"], frame_mask=torch.ones(1, 4, dtype=torch.bool)), "sequences")):
+        with pytest.raises(ValueError, match=f"replay_synthetic needs single-label static scans; bu3dfe gives {kind}"):
+            pretraining.replay_split(cfg, processor, split)
+
+
+def test_replayed_scans_join_every_epoch_but_not_the_scores(tmp_path, tiny_recipe):
+    """With `replay_synthetic: 1.0` each epoch adds as many pretraining scans as the target has training scans (so
+    it has twice the steps); the train and test scores stay on the target's own people."""
+    settings = dict(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2, preset="tiny", epochs=2,
+                    batch_size=4, data_seed=9, cache_dir=str(tmp_path / "data"))  # fmt: skip
+    plain = train(TrainConfig(output=str(tmp_path / "plain"), **settings))
+    replayed = train(TrainConfig(output=str(tmp_path / "replayed"), replay_synthetic=1.0, **settings))
+    assert replayed["train_samples"] == plain["train_samples"] and replayed["test_samples"] == plain["test_samples"]
+    assert replayed["replayed_per_epoch"] == plain["train_samples"] and plain["replayed_per_epoch"] == 0
+    assert plain["steps"] == 2 * (plain["train_samples"] // 4)
+    assert replayed["steps"] == 2 * (2 * plain["train_samples"] // 4)
+    with pytest.raises(ValueError, match="replay_synthetic must be 0 or more"):
+        TrainConfig(replay_synthetic=-0.5)
+
+
+def test_an_epoch_order_holds_every_training_scan_once_and_fresh_replay_draws():
+    from training.train import epoch_order
+
+    plain = epoch_order(seed=3, epoch=1, size=10)
+    assert plain.tolist() == np.random.default_rng([3, 1]).permutation(10).tolist(), "no replay: the order as before"
+    first, second = (epoch_order(seed=3, epoch=epoch, size=10, pool_size=50, pool_draws=5) for epoch in (0, 1))
+    for order in (first, second):
+        assert len(order) == 15 and sorted(order[order < 10].tolist()) == list(range(10))
+        replayed = order[order >= 10]
+        assert len(replayed) == len(set(replayed.tolist())) == 5 and replayed.max() < 60
+    assert set(first[first >= 10].tolist()) != set(second[second >= 10].tolist()), "each epoch draws again"
+    assert epoch_order(seed=3, epoch=0, size=10, pool_size=50, pool_draws=5).tolist() == first.tolist()

@@ -60,6 +60,16 @@ class ExpressionSplit:
             groups=None if self.groups is None else [self.groups[i] for i in indices],
         )  # fmt: skip
 
+    def concatenated(self, other: "ExpressionSplit") -> "ExpressionSplit":
+        """This split's samples followed by `other`'s (static scans with the same label names)."""
+        if other.label_names != self.label_names or self.frame_mask is not None or other.frame_mask is not None:
+            raise ValueError("Only static-scan splits with the same label names concatenate.")
+        intensities = (None if self.intensities is None or other.intensities is None
+                       else np.concatenate([self.intensities, other.intensities]))  # fmt: skip
+        return ExpressionSplit(torch.cat([self.pixel_values, other.pixel_values]), torch.cat([self.labels, other.labels]),
+                               self.label_names, None, self.subjects + other.subjects, self.metadata + other.metadata,
+                               intensities)  # fmt: skip
+
     def relabelled(self, label_names) -> "ExpressionSplit":
         """The samples whose class is in `label_names` (matched by name), with labels indexing `label_names`."""
         if self.multi_label:

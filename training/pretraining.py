@@ -23,6 +23,7 @@ from datasets_scripts.registry import DATASETS
 from datasets_scripts.synthetic_faces import GENERATOR_VERSION
 
 from .config import DEMO_CONFIG, TrainConfig
+from .data import ExpressionSplit, load_splits
 
 
 PRETRAINING_CONFIG = DEMO_CONFIG
@@ -99,3 +100,18 @@ def synthetic_pretrained(cfg: TrainConfig, pretrain) -> Path:
         shutil.rmtree(partial / "run")
         partial.rename(folder)
     return model
+
+
+def replay_split(cfg: TrainConfig, image_processor, train_split: ExpressionSplit) -> ExpressionSplit:
+    """The pretraining recipe's training scans (the people the synthetic-pretrained start learned from), rendered
+    with `image_processor` into `cfg.cache_dir`, in the classes `train_split` shares with them and labelled as
+    `train_split` labels them: the pool that `cfg.replay_synthetic` draws from every epoch."""
+    if train_split.multi_label or train_split.frame_mask is not None:
+        kind = "multi-hot labels" if train_split.multi_label else "sequences"
+        raise ValueError(f"replay_synthetic needs single-label static scans; {cfg.dataset} gives {kind}.")
+    recipe = dataclasses.replace(pretraining_config(cfg), cache_dir=cfg.cache_dir, num_proc=cfg.num_proc)
+    replay = load_splits(recipe, image_processor, show_progress=False)["train"].relabelled(train_split.label_names)
+    if not len(replay):
+        raise ValueError(f"{cfg.dataset}: the synthetic pretraining data has none of the classes "
+                         f"{train_split.label_names}, so replay_synthetic has nothing to replay.")  # fmt: skip
+    return replay

@@ -147,6 +147,8 @@ def train(cfg: TrainConfig) -> dict:
     with accelerator.main_process_first():  # rank 0 renders and caches; the others read its cache
         splits = load_splits(cfg, processor.image_processor, show_progress=accelerator.is_main_process)
     train_split, test_split, validation_split = splits["train"], splits["test"], splits.get("validation")
+    replay = pretraining.replay_split(cfg, processor.image_processor, train_split) if cfg.replay_synthetic else None
+    replay_draws = round(cfg.replay_synthetic * len(train_split))
     validation_metric = "mean_f1" if train_split.multi_label else "accuracy"
     validation_key = f"validation_{validation_metric}"  # in epochs.jsonl
     model.config.id2label = dict(enumerate(train_split.label_names))
@@ -154,7 +156,7 @@ def train(cfg: TrainConfig) -> dict:
 
     world, rank = accelerator.num_processes, accelerator.process_index
     global_batch = cfg.batch_size * world
-    steps_per_epoch = max(1, len(train_split) // global_batch)
+    steps_per_epoch = max(1, (len(train_split) + replay_draws) // global_batch)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     optimizer = _optimizer(model, cfg)
     scheduler = get_cosine_schedule_with_warmup(
@@ -162,7 +164,8 @@ def train(cfg: TrainConfig) -> dict:
         math.ceil(total_steps / cfg.gradient_accumulation_steps),
     )  # fmt: skip
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    build_batch = BatchBuilder(cfg, processor, train_split, accelerator.device)
+    epoch_split = train_split if replay is None else train_split.concatenated(replay)
+    build_batch = BatchBuilder(cfg, processor, epoch_split, accelerator.device)
 
     step, history, running_state, best_state = 0, [], None, None
     resumed = cfg.resume and checkpointing.resume(output, accelerator.unwrap_model(model), optimizer.optimizer,
@@ -170,7 +173,7 @@ def train(cfg: TrainConfig) -> dict:
     if resumed:
         last, state = resumed
         processor = FacetVLMProcessor.from_pretrained(last)
-        build_batch = BatchBuilder(cfg, processor, train_split, accelerator.device)
+        build_batch = BatchBuilder(cfg, processor, epoch_split, accelerator.device)
         step, history, running_state = state["step"], state["history"], state.get("running")
         if best_validation(history, validation_key):
             best_state = checkpointing.load_best_weights(output, accelerator.unwrap_model(model))
@@ -183,7 +186,7 @@ def train(cfg: TrainConfig) -> dict:
     model.train()
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_split))
+        order = epoch_order(cfg.seed, epoch, len(train_split), len(epoch_split) - len(train_split), replay_draws)
         global_indices = order[position * global_batch:(position + 1) * global_batch]
         indices = global_indices[rank::world].tolist()
         step_seed = _step_seed(cfg.seed, step)
@@ -237,7 +240,8 @@ def train(cfg: TrainConfig) -> dict:
     metrics = _gathered_metrics(accelerator, model, processor, test_split)
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
                    data_seed=cfg.data_seed, init_from=None if start is None else str(start),
-                   train_samples=len(train_split), test_samples=len(test_split), world_size=world,
+                   train_samples=len(train_split), replayed_per_epoch=replay_draws, test_samples=len(test_split),
+                   world_size=world,
                    parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
     train_metrics = _gathered_metrics(accelerator, model, processor, train_split)
@@ -258,6 +262,16 @@ def train(cfg: TrainConfig) -> dict:
         (output / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
     accelerator.wait_for_everyone()
     return metrics
+
+
+def epoch_order(seed: int, epoch: int, size: int, pool_size: int = 0, pool_draws: int = 0) -> np.ndarray:
+    """The shuffled sample indices of one epoch: every training sample (0 .. size-1) once, plus `pool_draws`
+    replayed samples (size .. size+pool_size-1) drawn afresh each epoch, without repeats while the pool has enough."""
+    rng = np.random.default_rng([seed, epoch])
+    if not pool_draws:
+        return rng.permutation(size)
+    drawn = size + rng.choice(pool_size, size=pool_draws, replace=pool_draws > pool_size)
+    return rng.permutation(np.concatenate([np.arange(size), drawn]))
 
 
 def best_validation(history: list, key: str) -> dict | None:
