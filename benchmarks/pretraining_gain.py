@@ -10,7 +10,7 @@ denser mesh), and
 with another seed, so that neither its people nor its shape basis were seen in pretraining: the transfer measurement
 of issue 14. Each arm's runs pair with the default arm's on the same (fold, seed): the paired difference has a 95 %
 t interval, as in the accuracy study. On each fold's test people, the synthetic-pretrained start (not fine-tuned) and
-each default-command model are also tested zero-shot: prompted with the label names, with synonyms from the prompt
+every arm's models are also tested zero-shot: prompted with the label names, with synonyms from the prompt
 table, and with words no training prompt held (`WORD_SETS`).
 
 Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--subjects N] [--folds K]
@@ -73,9 +73,7 @@ WORD_SETS = {
     "unseen_words": {"anger": "irate", "disgust": "repelled", "fear": "petrified", "happiness": "elated",
                      "sadness": "melancholy", "surprise": "dumbfounded"},
 }  # fmt: skip
-ZERO_SHOT_MODELS = {
-    "pretrained": "the synthetic-pretrained start, not fine-tuned", "default": "the default command's model",
-}
+PRETRAINED_START = "the synthetic-pretrained start, not fine-tuned"
 
 
 def target_config(root, workdir, folds: int, epochs: int | None):
@@ -161,8 +159,8 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     }  # fmt: skip
     processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset(cfg.preset))
     records = {name: [] for name in (*arms, "depth_cnn")}
-    zero_shot = {name: [] for name in ZERO_SHOT_MODELS}
-    descriptions = {**{arm: ARMS[arm][0] for arm in arms}, "depth_cnn": DEPTH_CNN}
+    zero_shot = {name: [] for name in ("pretrained", *arms)}
+    descriptions = {"pretrained": PRETRAINED_START, **{arm: ARMS[arm][0] for arm in arms}, "depth_cnn": DEPTH_CNN}
     for fold in range(settings["run_folds"]):
         splits = load_splits(dataclasses.replace(cfg, fold=fold), processor, show_progress=False)
         zero_shot["pretrained"].append({"fold": fold, **zero_shot_accuracies(pretrained, splits["test"])})
@@ -175,9 +173,8 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
                 records[arm].append({"fold": fold, "seed": seed, "value": metrics["accuracy"],
                                      "train_value": metrics["train_metrics"]["accuracy"],
                                      "seconds": round(metrics["train_seconds"], 1)})  # fmt: skip
-                if arm == REFERENCE_ARM:
-                    zero_shot["default"].append({"fold": fold, "seed": seed,
-                                                 **zero_shot_accuracies(output_dir / "model", splits["test"])})
+                zero_shot[arm].append({"fold": fold, "seed": seed,
+                                       **zero_shot_accuracies(output_dir / "model", splits["test"])})  # fmt: skip
                 shutil.rmtree(output_dir / "model", ignore_errors=True)
             depth = train_depth_cnn(splits["train"], splits["test"], processor.views, processor.channels, seed=seed)
             records["depth_cnn"].append({"fold": fold, "seed": seed, "value": depth["accuracy"],
@@ -185,7 +182,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
             results["arms"] = {name: _summary(descriptions[name], runs,
                                               None if name == REFERENCE_ARM else records[REFERENCE_ARM])
                                for name, runs in records.items()}  # fmt: skip
-            results["zero_shot"] = {name: _zero_shot_summary(ZERO_SHOT_MODELS[name], runs)
+            results["zero_shot"] = {name: _zero_shot_summary(descriptions[name], runs)
                                     for name, runs in zero_shot.items()}  # fmt: skip
             results["wall_seconds"] = round(time.perf_counter() - started, 1)
             if output:

@@ -119,16 +119,18 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
     assert results["settings"]["target_seed"] == results["settings"]["target_generator"]["seed"] == 3
     assert json.loads((tmp_path / "gain.json").read_text())["arms"].keys() == results["arms"].keys()
     zero_shot = results["zero_shot"]
-    assert list(zero_shot) == ["pretrained", "default"], "the start before fine-tuning, and the default command's model"
+    assert list(zero_shot) == ["pretrained", "default", "scratch", "l_gf"], "the start, then every arm's models"
     for summary in zero_shot.values():
         assert list(summary["accuracy"]) == list(pretraining_gain.WORD_SETS)
         assert all(0 <= value <= 1 for value in summary["accuracy"].values()) and len(summary["runs"]) == 1
-    default_run = results["arms"]["default"]["runs"][0]
-    assert zero_shot["default"]["runs"][0]["label_names"] == pytest.approx(default_run["value"]), "the same prompts"
+    for arm in ("default", "scratch", "l_gf"):
+        run = results["arms"][arm]["runs"][0]
+        assert zero_shot[arm]["runs"][0]["label_names"] == pytest.approx(run["value"]), f"{arm}: the same prompts"
     table = "\n".join(pretraining_markdown(results))
     assert "| `--init-from none` (from scratch) |" in table and "quick mode" in table
     assert "fold 0 of 2, model seeds 1-1" in table and "seed 3)" in table
-    assert "| the default command's model |" in table and "irate" in table
+    assert table.count("| `--init-from none` (from scratch) |") == 2, "its accuracy row and its zero-shot row"
+    assert "| the synthetic-pretrained start, not fine-tuned |" in table and "irate" in table
 
 
 def test_unseen_zero_shot_words_are_outside_the_prompt_vocabulary():
