@@ -116,14 +116,15 @@ def study_config(subjects: int, folds: int, steps: int, workdir):
 def write_trees(cfg, workdir) -> dict:
     """Write the BU-3DFE- and BU-4DFE-layout synthetic trees once (what the builder writes for `synthetic_subjects`
     and `seed`), so that every fold's cache can be removed without generating the faces again."""
-    from datasets_scripts.synthetic_faces import SyntheticConfig, write_bu3dfe_tree, write_bu4dfe_tree
+    from datasets_scripts import synthetic_faces
 
     roots = {"bu3dfe": Path(workdir) / "data" / "bu3dfe", "bu4dfe": Path(workdir) / "data" / "bu4dfe"}
     workers = min(2, os.cpu_count() or 1)
-    for layout, writer in (("bu3dfe", write_bu3dfe_tree), ("bu4dfe", write_bu4dfe_tree)):
-        if not roots[layout].is_dir():
-            writer(roots[layout], cfg.synthetic_subjects, SyntheticConfig(seed=cfg.data_seed), num_workers=workers,
-                   progress=False)  # fmt: skip
+    writers = {"bu3dfe": synthetic_faces.write_bu3dfe_tree, "bu4dfe": synthetic_faces.write_bu4dfe_tree}
+    for layout, root in roots.items():
+        if not synthetic_faces.is_complete_tree(root):
+            writers[layout](root, cfg.synthetic_subjects, synthetic_faces.SyntheticConfig(seed=cfg.data_seed),
+                            num_workers=workers, progress=False)  # fmt: skip
     return roots
 
 

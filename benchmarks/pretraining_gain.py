@@ -59,7 +59,8 @@ ARMS = {
                            {"freeze_vision_blocks": 2}),
     "frozen_to_stage3": ("default start, `--freeze-vision-blocks 4` (all but the last stage)",
                          {"freeze_vision_blocks": 4}),
-    "frozen_vision_tower": ("default start, `--freeze-vision-blocks 5` (the whole ResNet)", {"freeze_vision_blocks": 5}),
+    "frozen_vision_tower": ("default start, `--freeze-vision-blocks 5` (the whole ResNet)",
+                            {"freeze_vision_blocks": 5}),
     "replay_synthetic": ("default start, `--replay-synthetic 1` (each epoch adds as many pretraining scans)",
                          {"replay_synthetic": 1.0}),
 }
@@ -120,7 +121,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     `target_seed` writes other people of the same target generator: a tree to choose settings on, so that the
     reported tree never chose them."""
     from benchmarks.baselines import DEPTH_CNN_RECIPE, train_depth_cnn
-    from datasets_scripts.synthetic_faces import SyntheticConfig, write_bu3dfe_tree
+    from datasets_scripts.synthetic_faces import SyntheticConfig, is_complete_tree, write_bu3dfe_tree
     from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
     from training.data import load_splits
     from training.pretraining import synthetic_pretrained
@@ -137,7 +138,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     started = time.perf_counter()
     generator = SyntheticConfig(seed=target_seed).transfer_target()
     root = workdir / "bu3dfe"
-    if not root.is_dir():
+    if not is_complete_tree(root):
         write_bu3dfe_tree(root, settings["subjects"], generator, num_workers=min(2, os.cpu_count() or 1),
                           progress=False)  # fmt: skip
     cfg = target_config(root, workdir, settings["folds"], settings["epochs"])

@@ -1099,6 +1099,12 @@ def write_bu3dfe_tree(root, num_subjects: int, config: Optional[SyntheticConfig]
     return {"root": str(root), "subjects": sorted({row[1] for row in rows}), "models": len(rows), "labels": labels}
 
 
+def is_complete_tree(root) -> bool:
+    """Whether a ``write_*_tree`` call finished at ``root``: its labels file is written last, so a killed call's
+    partial tree has none."""
+    return os.path.isfile(os.path.join(root, LABELS_FILENAME))
+
+
 def write_bu4dfe_tree(root, num_subjects: int, config: Optional[SyntheticConfig] = None, num_workers: int = 1,
                       progress: bool = True) -> dict:
     """Write a BU-4DFE-layout tree: ``F001/Angry/000.wrl`` ... per subject and emotion, the landmark release

@@ -145,6 +145,20 @@ def test_study_rows_cover_every_required_comparison():
         FacetVLMConfig.from_preset("tiny", **override)
 
 
+def test_a_killed_runs_partial_tree_is_written_again(tmp_path, monkeypatch):
+    from datasets_scripts import synthetic_faces
+
+    written = []
+    for layout in ("bu3dfe", "bu4dfe"):
+        monkeypatch.setattr(synthetic_faces, f"write_{layout}_tree", lambda root, *args, **kwargs: written.append(root))
+    (tmp_path / "data" / "bu3dfe" / "F0001").mkdir(parents=True)  # a run killed while writing its people
+    (tmp_path / "data" / "bu4dfe").mkdir(parents=True)
+    (tmp_path / "data" / "bu4dfe" / synthetic_faces.LABELS_FILENAME).write_text("file\n")  # written last: complete
+    cfg = accuracy_study.study_config(subjects=10, folds=5, steps=7, workdir=tmp_path)
+    accuracy_study.write_trees(cfg, tmp_path)
+    assert written == [tmp_path / "data" / "bu3dfe"]
+
+
 def test_every_row_runs_on_the_same_folds_seed_and_recipe(tmp_path):
     cfg = accuracy_study.study_config(subjects=10, folds=5, steps=7, workdir=tmp_path)
     roots = {"bu3dfe": tmp_path / "a", "bu4dfe": tmp_path / "b"}

@@ -109,6 +109,7 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
         command(*args), preset="tiny", max_steps=2, batch_size=8))  # fmt: skip
     with pytest.raises(ValueError, match=r"Unknown arms \['bogus'\]"):
         pretraining_gain.run(quick=True, arms=["bogus"])
+    (tmp_path / "work" / "bu3dfe" / "F0001").mkdir(parents=True)  # a killed run's partial tree: written again
     results = pretraining_gain.run(quick=True, arms=["scratch", "l_gf"], work_dir=tmp_path / "work",
                                    output=tmp_path / "gain.json", target_seed=3)  # fmt: skip
     assert list(results["arms"]) == ["default", "scratch", "l_gf", "depth_cnn"]
