@@ -191,6 +191,31 @@ def test_replayed_scans_join_every_epoch_but_not_the_scores(tmp_path, tiny_recip
         TrainConfig(replay_synthetic=-0.5)
 
 
+def test_by_default_a_run_from_the_synthetic_pretrained_model_replays_its_people_one_per_scan(tmp_path):
+    """`replay_synthetic: None` (the default) replays one pretraining scan per training scan when the run starts from
+    the synthetic-pretrained model on single-label static scans, and none otherwise; a value given is kept."""
+    cfg = _benchmark_run(tmp_path)
+    synthetic_start = pretraining.pretrained_folder(cfg) / "model"
+    scans = _target_split(["anger", "fear"])
+    assert cfg.replay_synthetic is None
+    assert pretraining.replay_per_scan(cfg, synthetic_start, scans) == 1.0
+    assert pretraining.replay_per_scan(cfg, str(synthetic_start), scans) == 1.0, "as `--init-from PATH` gives it"
+    assert pretraining.replay_per_scan(cfg, None, scans) == 0.0, "from scratch: nothing it learned to keep"
+    assert pretraining.replay_per_scan(cfg, tmp_path / "another-model", scans) == 0.0
+    for split in (_target_split(["AU1", "AU2"], labels=torch.zeros(1, 2)),
+                  _target_split(["anger"], frame_mask=torch.ones(1, 4, dtype=torch.bool))):  # fmt: skip
+        assert pretraining.replay_per_scan(cfg, synthetic_start, split) == 0.0, "multi-hot labels and sequences"
+    for given in (0.0, 0.5):
+        assert pretraining.replay_per_scan(dataclasses.replace(cfg, replay_synthetic=given), None, scans) == given
+
+
+def test_the_default_run_from_the_synthetic_model_replays(tmp_path, tiny_recipe):
+    metrics = train(TrainConfig(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2, preset="tiny",
+                                max_steps=1, batch_size=4, data_seed=9, init_from="synthetic",
+                                cache_dir=str(tmp_path / "data"), output=str(tmp_path / "run")))  # fmt: skip
+    assert metrics["replayed_per_epoch"] == metrics["train_samples"]
+
+
 def test_an_epoch_order_holds_every_training_scan_once_and_fresh_replay_draws():
     from training.train import epoch_order
 

@@ -39,7 +39,9 @@ class TrainConfig:
     init_from: str = "auto"  # a model folder or repo id, "synthetic", "none" or "auto" (training/pretraining.py)
     model_overrides: dict = field(default_factory=dict)
     freeze_vision_blocks: int = 0  # the vision tower's first blocks (stem, then stages) that keep their start weights
-    replay_synthetic: float = 0.0  # synthetic pretraining scans drawn into each epoch, per training scan
+    # Synthetic pretraining scans drawn into each epoch, per training scan; None: 1 when the run starts from the
+    # synthetic-pretrained model on single-label static scans, else 0 (training/pretraining.py)
+    replay_synthetic: float | None = None
     epochs: int = 20
     max_steps: int | None = None
     batch_size: int = 32
@@ -86,7 +88,7 @@ class TrainConfig:
             raise ValueError(f"Unknown eval dataset {self.eval_dataset!r}; choose one of {sorted(DATASETS)}.")
         if self.freeze_vision_blocks < 0:
             raise ValueError(f"freeze_vision_blocks must be 0 or more; got {self.freeze_vision_blocks}.")
-        if self.replay_synthetic < 0:
+        if self.replay_synthetic is not None and self.replay_synthetic < 0:
             raise ValueError(f"replay_synthetic must be 0 or more; got {self.replay_synthetic}.")
         if self.validation_subjects < 0:
             raise ValueError(f"validation_subjects must be 0 or more; got {self.validation_subjects}.")
