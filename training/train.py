@@ -144,11 +144,11 @@ def train(cfg: TrainConfig) -> dict:
     set_seed(cfg.seed)
     model, processor = build_model_and_processor(cfg, is_multi_label(cfg.dataset), start)
     model.base_model.freeze_vision_blocks(cfg.freeze_vision_blocks)
-    with accelerator.main_process_first():  # rank 0 renders and caches; the others read its cache
+    with accelerator.main_process_first():  # rank 0 renders and caches (the replayed scans too); the others read it
         splits = load_splits(cfg, processor.image_processor, show_progress=accelerator.is_main_process)
-    train_split, test_split, validation_split = splits["train"], splits["test"], splits.get("validation")
-    replay_draws = round(pretraining.replay_per_scan(cfg, start, train_split) * len(train_split))
-    replay = pretraining.replay_split(cfg, processor.image_processor, train_split) if replay_draws else None
+        train_split, test_split, validation_split = splits["train"], splits["test"], splits.get("validation")
+        replay_draws = round(pretraining.replay_per_scan(cfg, start, train_split) * len(train_split))
+        replay = pretraining.replay_split(cfg, processor.image_processor, train_split) if replay_draws else None
     validation_metric = "mean_f1" if train_split.multi_label else "accuracy"
     validation_key = f"validation_{validation_metric}"  # in epochs.jsonl
     model.config.id2label = dict(enumerate(train_split.label_names))
