@@ -102,6 +102,13 @@ def synthetic_pretrained(cfg: TrainConfig, pretrain) -> Path:
     return model
 
 
+def _unreplayable_kind(train_split: ExpressionSplit) -> str | None:
+    """What keeps `train_split` from replay (which relabels single-label static scans), None when nothing does."""
+    if train_split.multi_label:
+        return "multi-hot labels"
+    return "sequences" if train_split.frame_mask is not None else None
+
+
 def replay_per_scan(cfg: TrainConfig, start, train_split: ExpressionSplit) -> float:
     """Synthetic scans replayed per training scan every epoch: `cfg.replay_synthetic` when given; by default 1 when
     the run starts from the synthetic-pretrained model (`start`) on single-label static scans (what `replay_split`
@@ -109,17 +116,16 @@ def replay_per_scan(cfg: TrainConfig, start, train_split: ExpressionSplit) -> fl
     (benchmarks/results/pretraining_replay.json)."""
     if cfg.replay_synthetic is not None:
         return cfg.replay_synthetic
-    static_single_label = not train_split.multi_label and train_split.frame_mask is None
     from_synthetic = start is not None and Path(start) == pretrained_folder(cfg) / "model"
-    return 1.0 if static_single_label and from_synthetic else 0.0
+    return 1.0 if from_synthetic and _unreplayable_kind(train_split) is None else 0.0
 
 
 def replay_split(cfg: TrainConfig, image_processor, train_split: ExpressionSplit) -> ExpressionSplit:
     """The pretraining recipe's training scans (the people the synthetic-pretrained start learned from), rendered
     with `image_processor` into `cfg.cache_dir`, in the classes `train_split` shares with them and labelled as
     `train_split` labels them: the pool that `cfg.replay_synthetic` draws from every epoch."""
-    if train_split.multi_label or train_split.frame_mask is not None:
-        kind = "multi-hot labels" if train_split.multi_label else "sequences"
+    kind = _unreplayable_kind(train_split)
+    if kind is not None:
         raise ValueError(f"replay_synthetic needs single-label static scans; {cfg.dataset} gives {kind}.")
     recipe = dataclasses.replace(pretraining_config(cfg), cache_dir=cfg.cache_dir, num_proc=cfg.num_proc)
     replay = load_splits(recipe, image_processor, show_progress=False)["train"].relabelled(train_split.label_names)
