@@ -194,8 +194,11 @@ def test_replayed_scans_join_every_epoch_but_not_the_scores(tmp_path, tiny_recip
 def test_by_default_a_run_from_the_synthetic_pretrained_model_replays_its_people_one_per_scan(tmp_path):
     """`replay_synthetic: None` (the default) replays one pretraining scan per training scan when the run starts from
     the synthetic-pretrained model on single-label static scans, and none otherwise; a value given is kept."""
+    from modeling_facet import FacetVLMConfig
+
     cfg = _benchmark_run(tmp_path)
     synthetic_start = pretraining.pretrained_folder(cfg) / "model"
+    FacetVLMConfig.from_preset("tiny").save_pretrained(synthetic_start)  # the basic emotions, as pretraining gives
     scans = _target_split(["anger", "fear"])
     assert cfg.replay_synthetic is None
     assert pretraining.replay_per_scan(cfg, synthetic_start, scans) == 1.0
@@ -205,6 +208,8 @@ def test_by_default_a_run_from_the_synthetic_pretrained_model_replays_its_people
     for split in (_target_split(["AU1", "AU2"], labels=torch.zeros(1, 2)),
                   _target_split(["anger"], frame_mask=torch.ones(1, 4, dtype=torch.bool))):  # fmt: skip
         assert pretraining.replay_per_scan(cfg, synthetic_start, split) == 0.0, "multi-hot labels and sequences"
+    assert pretraining.replay_per_scan(cfg, synthetic_start, _target_split(["boredom", "pain"])) == 0.0, \
+        "no class the start learned: nothing to replay, and no error the user did not ask for"
     for given in (0.0, 0.5):
         assert pretraining.replay_per_scan(dataclasses.replace(cfg, replay_synthetic=given), None, scans) == given
 

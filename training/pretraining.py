@@ -21,6 +21,7 @@ from huggingface_hub import constants
 
 from datasets_scripts.registry import DATASETS
 from datasets_scripts.synthetic_faces import GENERATOR_VERSION
+from modeling_facet import FacetVLMConfig
 
 from .config import DEMO_CONFIG, TrainConfig
 from .data import ExpressionSplit, load_splits
@@ -112,12 +113,14 @@ def _unreplayable_kind(train_split: ExpressionSplit) -> str | None:
 def replay_per_scan(cfg: TrainConfig, start, train_split: ExpressionSplit) -> float:
     """Synthetic scans replayed per training scan every epoch: `cfg.replay_synthetic` when given; by default 1 when
     the run starts from the synthetic-pretrained model (`start`) on single-label static scans (what `replay_split`
-    can relabel), else 0: on the transfer benchmark's 10 folds it gained 4.6 points
+    can relabel) that share a class with it, else 0: on the transfer benchmark's 10 folds it gained 4.6 points
     (benchmarks/results/pretraining_replay.json)."""
     if cfg.replay_synthetic is not None:
         return cfg.replay_synthetic
-    from_synthetic = start is not None and Path(start) == pretrained_folder(cfg) / "model"
-    return 1.0 if from_synthetic and _unreplayable_kind(train_split) is None else 0.0
+    if start is None or Path(start) != pretrained_folder(cfg) / "model" or _unreplayable_kind(train_split):
+        return 0.0
+    learned = FacetVLMConfig.from_pretrained(start).id2label.values()  # the pretraining data's classes
+    return 1.0 if set(learned) & set(train_split.label_names) else 0.0
 
 
 def replay_split(cfg: TrainConfig, image_processor, train_split: ExpressionSplit) -> ExpressionSplit:
