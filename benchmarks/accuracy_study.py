@@ -152,20 +152,14 @@ def _splits(cfg):
 
 def _zero_shot(cfg, trained: dict) -> dict:
     """Test the model `train` saved with the zero-shot synonyms as class names."""
-    import torch
-
-    from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
     from modeling_facet.prompts import label_word
     from training.data import load_splits
-    from training.evaluate_model import evaluate_split
+    from training.evaluate_model import evaluate_split, load_trained
 
-    model_dir = Path(cfg.output) / "model"
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = FacetVLMForExpressionRecognition.from_pretrained(model_dir).to(device)
-    processor = FacetVLMProcessor.from_pretrained(model_dir)
+    model, processor = load_trained(Path(cfg.output) / "model")
     test = load_splits(cfg, processor.image_processor, show_progress=False)["test"]
     words = [ZERO_SHOT_WORDS[name] for name in test.label_names]
-    metrics = evaluate_split(model, processor, test, words, device)
+    metrics = evaluate_split(model, processor, test, words)
     metrics["accuracy_with_training_label_names"] = trained["accuracy"]
     metrics["train_metrics"] = trained["train_metrics"]  # with the training label names
     # Training named each class by its first word outside exclude_words: none of the zero-shot words (checked).

@@ -98,11 +98,9 @@ def _summary(description: str, records: list, reference: list | None) -> dict:
 def zero_shot_accuracies(model_dir, test) -> dict:
     """Accuracy of the saved FACET-VLM at `model_dir` on the split `test`, prompted with each of `WORD_SETS` as the
     class names (as the zero-shot pipeline prompts: every template, averaged per class)."""
-    from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
-    from training.evaluate_model import evaluate_split
+    from training.evaluate_model import evaluate_split, load_trained
 
-    model = FacetVLMForExpressionRecognition.from_pretrained(model_dir)
-    processor = FacetVLMProcessor.from_pretrained(model_dir)
+    model, processor = load_trained(model_dir)
     return {name: evaluate_split(model, processor, test, [words.get(label, label) for label in test.label_names])
             ["accuracy"] for name, words in WORD_SETS.items()}  # fmt: skip
 

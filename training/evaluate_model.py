@@ -132,17 +132,23 @@ def evaluate_split(model, processor, split, label_names=None, device=None) -> di
     return compute_metrics(*split_predictions(model, processor, split, label_names, device), label_names)
 
 
+def load_trained(model_dir) -> tuple:
+    """The saved FACET-VLM at `model_dir` (on the GPU when there is one: predict() runs where the model is) and its
+    processor."""
+    from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
+
+    model = FacetVLMForExpressionRecognition.from_pretrained(model_dir)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    return model, FacetVLMProcessor.from_pretrained(model_dir)
+
+
 def evaluate_checkpoint(model_dir, cfg, output_dir, split: str = "test") -> dict:
     """Evaluate a saved FACET-VLM on `split` ("test", "train" or "all") of the benchmark that `cfg` (a
     [`TrainConfig`]: dataset, data_dir, protocol, fold) describes, with the model's own label names as prompts
     (matched by name; classes the model does not know are left out). Writes metrics.json and confusion_matrix.png."""
-    from modeling_facet import FacetVLMForExpressionRecognition, FacetVLMProcessor
-
     from .data import load_splits
 
-    model = FacetVLMForExpressionRecognition.from_pretrained(model_dir)
-    model.to("cuda" if torch.cuda.is_available() else "cpu")  # predict() runs where the model is
-    processor = FacetVLMProcessor.from_pretrained(model_dir)
+    model, processor = load_trained(model_dir)
     splits = load_splits(cfg, processor.image_processor)
     parts = [splits["train"], splits["test"]] if split == "all" else [splits[split]]
     label_names = [model.config.id2label[i] for i in range(len(model.config.id2label))]
