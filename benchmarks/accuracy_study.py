@@ -210,6 +210,11 @@ def fold_test_subjects(cfg, roots: dict) -> dict:
     return subjects
 
 
+# Pairs that a paired difference needs for an interval and a verdict: accuracy moves in steps of one test scan, so
+# two runs often differ by the same amount twice, and two equal differences give a zero-width t interval.
+MIN_PAIRS = 3
+
+
 def _same_people(a: list, b: list) -> bool:
     """BU-3DFE ids (F0001) and BU-4DFE ids (F001) name subject numbers alike: compare (letter, number)."""
     return {(s[0], int(s[1:])) for s in a} == {(s[0], int(s[1:])) for s in b}
@@ -218,14 +223,14 @@ def _same_people(a: list, b: list) -> bool:
 def paired_difference(records: list, reference: list) -> dict:
     """Mean difference of `records` minus `reference` over the (fold, seed) runs both have, with a 95 % t interval
     over those pairs, and the verdict: "gain" or "loss" where the interval excludes zero, else "no measurable
-    effect"."""
+    effect"; "too few pairs" below `MIN_PAIRS`."""
     from scipy import stats
 
     by_run = {(r["fold"], r["seed"]): r["value"] for r in reference}
     differences = [r["value"] - by_run[(r["fold"], r["seed"])] for r in records if (r["fold"], r["seed"]) in by_run]
     result = {"pairs": len(differences), "mean": float(np.mean(differences)) if differences else None,
               "ci95": None, "verdict": "too few pairs"}  # fmt: skip
-    if len(differences) >= 2:
+    if len(differences) >= MIN_PAIRS:
         half = stats.t.ppf(0.975, len(differences) - 1) * np.std(differences, ddof=1) / math.sqrt(len(differences))
         low, high = result["mean"] - half, result["mean"] + half
         result["ci95"] = [float(low), float(high)]

@@ -198,6 +198,10 @@ def test_summarise_gives_mean_std_train_and_the_paired_difference():
     assert noisy["paired_difference"]["verdict"] == "no measurable effect"
     alone = accuracy_study.summarise(ablation, _runs([0.9]), reference)
     assert alone["paired_difference"]["verdict"] == "too few pairs"
+    # Two equal differences (accuracy moves in steps of one test scan) give a zero-width t interval: no verdict.
+    two = accuracy_study.paired_difference(_runs([0.85, 0.75]), _runs([0.8, 0.7]))
+    assert two["pairs"] == 2 and two["mean"] == pytest.approx(0.05)
+    assert two["verdict"] == "too few pairs" and two["ci95"] is None
 
 
 def _fixture_results(folder: Path) -> None:
@@ -206,8 +210,9 @@ def _fixture_results(folder: Path) -> None:
                "load_scan_over_reference": 2.0}, "environment": {"cpu_model": "Test CPU", "cpu_count": 2,
                "load_average_1_5_15min": [1.5, 1.0, 1.0], "torch": "2.x", "command": "python -m benchmarks.bench_parsing",
                "git_commit": "0123456789abcdef", "uncommitted_changes": ["modeling_facet/rendering.py"]}}  # fmt: skip
-    reference = _runs([0.5, 0.5])
-    rows = [accuracy_study.summarise(row, _runs([0.5, 0.4] if row.name == "no_mtgf" else [0.5, 0.5]), reference)
+    reference = _runs([0.5, 0.5, 0.5])
+    rows = [accuracy_study.summarise(row, _runs([0.5, 0.4, 0.45] if row.name == "no_mtgf" else [0.5, 0.5, 0.5]),
+                                     reference)
             for row in accuracy_study.ROWS]  # fmt: skip
     rows[-1]["runs"][0]["words_in_training_class_prompts"] = ["disgusted"]
     study = {"quick": False, "complete": True, "wall_seconds": 12.0, "rows": rows,
@@ -267,12 +272,13 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
     for row in accuracy_study.ROWS:
         if row.name != "no_mtgf":
             assert f"| {row.description} | {row.metric} | 0.500 | 0.000 | 1.000 |" in summary
-    assert "| without MTGF | accuracy | 0.450 | 0.050 | 1.000 | -5.0 points [-68.5, +58.5]: no measurable effect | 2 |" in summary
+    assert "| without MTGF | accuracy | 0.450 | 0.041 | 1.000 | -5.0 points [-17.4, +7.4]: no measurable effect | 3 |" \
+        in summary
     assert "Of these, disgusted appeared in the training class prompts" in summary
     assert "shape family 'b', 2.4 mm mesh spacing, seed 7); the pretrained model (`hf-cache/model`, 360 s" in summary
     assert "| Main job | `facet-vlm demo`: whole command, wall time | 332 s (training 245 s) | budget 900 s | 0.37x" in summary
     assert "| 92.5 % (macro F1 0.925) | target 90 % | +2.5 points |" in summary
-    assert "| from scratch | 0.650 | 0.050 | 1.000 | -15.0 points [-78.5, +48.5]: no measurable effect | 2 |" in summary
+    assert "| from scratch | 0.650 | 0.050 | 1.000 | -15.0 points: too few pairs | 2 |" in summary  # no interval
     assert summary.count("| the default command | 0.800 | 0.000 | 1.000 | - | 2 |") == 2  # the reference: no pairing
     assert "`pretraining_ablation.json`" in summary and "| default start, without L_gf | 0.750 |" in summary
     assert "(`liveness_parts_on.json`): what each part of the trained `runs/parts-on` model does" in summary
