@@ -62,6 +62,10 @@ ARMS = {
     "frozen_vision_tower": ("default start, `--freeze-vision-blocks 5` (the whole ResNet)",
                             {"freeze_vision_blocks": 5}),
     "no_replay": ("default start, `--replay-synthetic 0` (no pretraining scans replayed)", {"replay_synthetic": 0.0}),
+    "replay_2": ("default start, `--replay-synthetic 2` (two pretraining scans replayed per scan)",
+                 {"replay_synthetic": 2.0}),
+    "validation_6": ("default start, `--validation-subjects 6` (the best epoch on 6 training people)",
+                     {"validation_subjects": 6}),
 }
 DEPTH_CNN = "baseline: CNN on one 64x64 frontal depth map (its own recipe)"
 REFERENCE_ARM = "default"
