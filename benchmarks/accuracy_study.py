@@ -56,6 +56,9 @@ FIVE_VIEWS = [[0.0, 0.0], [20.0, 0.0], [-20.0, 0.0], [40.0, 0.0], [-40.0, 0.0]]
 QUICK = {"subjects": 6, "folds": 2, "run_folds": 2, "seeds": 1, "steps": 4}
 FULL = {"subjects": 60, "folds": 10, "run_folds": 10, "seeds": 3, "steps": 300}  # BU-3DFE's size and protocol
 REFERENCE_ROW = "facet_vlm"
+# Pairs that a paired difference needs for an interval and a verdict: accuracy moves in steps of one test scan, so
+# two runs often differ by the same amount twice, and two equal differences give a zero-width t interval.
+MIN_PAIRS = 3
 # The method's parts, on whatever the preset's defaults (the small preset turns them off: no measured effect), so
 # that every ablation row removes one part from the same full model.
 EVERY_PART = ("cvsa", "mtgf", "loss_weight_cons", "loss_weight_gf")
@@ -208,11 +211,6 @@ def fold_test_subjects(cfg, roots: dict) -> dict:
         subjects[config_name] = sorted(set(builder.as_dataset()["test"]["subject"]))
     datasets.enable_progress_bars()
     return subjects
-
-
-# Pairs that a paired difference needs for an interval and a verdict: accuracy moves in steps of one test scan, so
-# two runs often differ by the same amount twice, and two equal differences give a zero-width t interval.
-MIN_PAIRS = 3
 
 
 def _same_people(a: list, b: list) -> bool:
