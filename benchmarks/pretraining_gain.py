@@ -1,8 +1,9 @@
 """What the default start of `facet-vlm train` adds on faces the generator never made: the default command
 (`--dataset bu3dfe --protocol standard`, which starts from the synthetic-pretrained model, training/pretraining.py)
 against the same command with `--init-from none`, beside the depth-CNN baseline, and the default with each part it
-leaves off put back (mixed view augmentation, L_cons, L_gf), another learning rate, frozen vision blocks, or without
-its synthetic replay, all on the same subject-independent folds and model seeds.
+leaves off put back (mixed view augmentation, L_cons, L_gf), another learning rate, frozen vision blocks, early
+stopping on held-out training people, more synthetic replay or none, all on the same subject-independent folds and
+model seeds.
 
 The target is a BU-3DFE-layout tree written from the generator's transfer target
 (`SyntheticConfig.transfer_target`: shape family c, which the pretraining data (families a and b) never drew, and a
@@ -18,7 +19,7 @@ Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--sub
 
 The first run builds the synthetic-pretrained model into the HF cache (about 9 minutes on the 2-core machine); each
 default-recipe run then takes about 6 minutes there with its zero-shot tests (it replays as many pretraining scans as
-it trains on; about 3 without), so one fold x 3 seeds of every arm take about three hours.
+it trains on; about 3 without, about 9 with two per scan), so one fold x 3 seeds of every arm take about four hours.
 """
 
 from __future__ import annotations
