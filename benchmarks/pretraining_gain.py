@@ -65,6 +65,8 @@ ARMS = {
     "no_replay": ("default start, `--replay-synthetic 0` (no pretraining scans replayed)", {"replay_synthetic": 0.0}),
     "replay_2": ("default start, `--replay-synthetic 2` (two pretraining scans replayed per scan)",
                  {"replay_synthetic": 2.0}),
+    "mirror_scans": ("default start, `--mirror-scans 0.5` (half the training scans mirrored left to right)",
+                     {"mirror_scans": 0.5}),
     "validation_6": ("default start, `--validation-subjects 6` (the best epoch on 6 training people)",
                      {"validation_subjects": 6}),
 }

@@ -16,7 +16,7 @@ from transformers.utils import is_vision_available
 from .mesh_io import FaceScan, FaceSequence, load_scan, load_sequence
 from .rasterization import to_device
 from .render_settings import DEFAULT_CHANNELS, DEFAULT_FACE_SIZE, DEFAULT_VIEWS, canonical_views, channel_offset
-from .rendering import MultiviewRenderer
+from .rendering import MultiviewRenderer, shade
 
 
 if not is_vision_available():  # transformers then hands out dummy image-processor classes that fail obscurely later
@@ -53,6 +53,12 @@ def _describe(item) -> str:
         return f"of shape {tuple(item.shape)}"
     text = " ".join(repr(item).split())
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _normals_foreground(encoded: torch.Tensor) -> torch.Tensor:
+    """Face pixels of an encoded normals image (..., 3, H, W): rendered normals face the camera, so their z >= 0 maps
+    to >= 0.5, where the background is 0."""
+    return encoded[..., 2:3, :, :] > 0.25
 
 
 class FacetMeshImageProcessor(BaseImageProcessor):
@@ -262,13 +268,52 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         mask = mask.view(batch, *(1,) * (pixel_values.dim() - 5), views, 1, 1, 1)
         return pixel_values.masked_fill(mask, -self.image_mean / self.image_std)
 
+    def mirror_views(self, pixel_values: torch.Tensor, probability: float = 1.0, seed=None) -> torch.Tensor:
+        """The scans mirrored left to right, as if each face were rendered with x -> -x: every view is flipped
+        horizontally and takes the place of its mirror-image view (yaw -> -yaw), normals' x is negated and the
+        shading is relit from the mirrored normals (without a normals channel the light comes from the other side).
+        `pixel_values` are normalised, (B, V, C, H, W) or (B, T, V, C, H, W); with `probability` below 1 each sample
+        is mirrored with that probability, deterministically under `seed`."""
+        order = self.mirror_view_order()
+        images = pixel_values * self.image_std + self.image_mean
+        mirrored = images.flip(-1)[..., order, :, :, :]
+        if "normals" in self.channels:
+            start = channel_offset(self.channels, "normals")
+            normals = mirrored[..., start : start + 3, :, :]
+            foreground = _normals_foreground(normals)
+            flipped_x = torch.where(foreground, 1 - normals[..., :1, :, :], torch.zeros_like(normals[..., :1, :, :]))
+            mirrored = torch.cat([mirrored[..., :start, :, :], flipped_x, mirrored[..., start + 1 :, :, :]], dim=-3)
+            if "shaded" in self.channels:
+                unit = mirrored[..., start : start + 3, :, :] * 2 - 1
+                shaded = torch.where(foreground, shade(unit, dim=unit.dim() - 3).unsqueeze(-3), 0.0)
+                at = channel_offset(self.channels, "shaded")
+                mirrored = torch.cat([mirrored[..., :at, :, :], shaded, mirrored[..., at + 1 :, :, :]], dim=-3)
+        mirrored = (mirrored - self.image_mean) / self.image_std
+        if probability >= 1:
+            return mirrored
+        chosen = np.random.default_rng(seed).random(pixel_values.shape[0]) < probability
+        mask = to_device(chosen, pixel_values.device, torch.bool).view(-1, *(1,) * (pixel_values.dim() - 1))
+        return torch.where(mask, mirrored, pixel_values)
+
+    def mirror_view_order(self) -> list:
+        """For each view, the index of its mirror image (yaw negated, the same pitch)."""
+        order = []
+        for yaw, pitch in self.views:
+            matches = [j for j, (other_yaw, other_pitch) in enumerate(self.views)
+                       if abs(other_yaw + yaw) < 1e-6 and abs(other_pitch - pitch) < 1e-6]  # fmt: skip
+            if not matches:
+                raise ValueError(f"Cannot mirror the views {self.views}: there is no mirror image of view "
+                                 f"{[yaw, pitch]} (yaw {-yaw:g}, pitch {pitch:g}).")  # fmt: skip
+            order.append(matches[0])
+        return order
+
     def _turn_normals(self, images: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:
         """Applies each image's in-plane rotation / mirror `linear` (N, 2, 2) to its surface-normal channels."""
         if "normals" not in self.channels:
             return images
         start = channel_offset(self.channels, "normals")
         encoded = images[:, start : start + 3]
-        foreground = encoded[:, 2:3] > 0  # rendered normals face the camera: z >= 0 maps to >= 0.5
+        foreground = _normals_foreground(encoded)
         # (x, y) of the normal in image coordinates, where y points down.
         planar = torch.stack([2 * encoded[:, 0] - 1, 1 - 2 * encoded[:, 1]], dim=1)
         turned = torch.einsum("nij,njhw->nihw", linear, planar)

@@ -355,6 +355,12 @@ def _vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor
     return torch.nn.functional.normalize(normals, dim=1)
 
 
+def shade(unit_normals: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The ``shaded`` channel of camera-frame unit normals whose (x, y, z) lie along ``dim`` (which is removed)."""
+    light = torch.tensor(LIGHT_DIRECTION, dtype=unit_normals.dtype, device=unit_normals.device)
+    return AMBIENT + (1.0 - AMBIENT) * torch.tensordot(light, unit_normals, dims=([0], [dim])).clamp(min=0.0)
+
+
 def _compose_channels(channels, pixel, depth_z, normals, rgb, has_rgb, num_images: int, size: int) -> torch.Tensor:
     """Turns per-pixel fragments into (num_images, C, size, size) channel images; shared by both backends.
 
@@ -365,8 +371,7 @@ def _compose_channels(channels, pixel, depth_z, normals, rgb, has_rgb, num_image
     # Unit normals turned towards the camera, so that shading does not depend on the triangles' winding. Few,
     # fused operations: each one on this many pixels wakes torch's threads, which is slow under a PASSIVE wait policy.
     unit = normals * torch.copysign(torch.rsqrt((normals * normals).sum(0).clamp_(min=1e-24)), normals[2])
-    light = torch.tensor(LIGHT_DIRECTION, dtype=unit.dtype, device=unit.device)
-    shaded = AMBIENT + (1.0 - AMBIENT) * (light @ unit).clamp(min=0.0)
+    shaded = shade(unit)
     columns = {
         "shaded": lambda: [shaded],
         "depth": lambda: [((depth_z - DEPTH_FAR) / (DEPTH_NEAR - DEPTH_FAR)).clamp(0.0, 1.0)],

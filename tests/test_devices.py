@@ -78,7 +78,7 @@ def test_batch_builder_creates_every_input_on_the_device(tiny):
     from training.train import BatchBuilder, TrainConfig
 
     config, processor = tiny
-    cfg = TrainConfig(preset="tiny", augment_views=True, augment_prompts=True)
+    cfg = TrainConfig(preset="tiny", augment_views=True, mirror_scans=0.5, augment_prompts=True)
     builder = BatchBuilder(cfg, processor, random_split(config), META)
     with SameDevice():
         batch = builder([0, 2, 3], step_seed=5)

@@ -342,6 +342,39 @@ def test_view_occlusion_blanks_whole_views_of_some_samples():
     assert (blank.sum(-1) == 1).all() and (blank == blank[:, :1]).all()  # one view per sample, for every frame
 
 
+def test_mirroring_the_views_renders_the_mirrored_face():
+    """A whole-scan mirror in image space (every view flipped, the views of yaw +a and -a swapped, normals' x negated
+    and the shading relit from them) equals rendering the face mirrored left to right (x -> -x)."""
+    processor = FacetMeshImageProcessor(views=[[0, 0], [20, 0], [-20, 10], [20, 10], [-20, 0]], image_size=48)
+    scan = face(seed=1, size=41)
+    mirrored_scan = FaceScan(scan.vertices * np.array([-1.0, 1.0, 1.0], np.float32), scan.faces)
+    pixels = processor(scan, return_tensors="pt")["pixel_values"]
+    expected = processor(mirrored_scan, return_tensors="pt")["pixel_values"]
+    mirrored = processor.mirror_views(pixels)
+    assert (mirrored - pixels).abs().mean() > 0.05  # the face is not mirror-symmetric
+    background = -processor.image_mean / processor.image_std
+    foreground = (expected != background).all(-3, keepdim=True) & (mirrored != background).all(-3, keepdim=True)
+    assert foreground.float().mean() > 0.2
+    torch.testing.assert_close(mirrored * foreground, expected * foreground, atol=1e-4, rtol=0)
+    torch.testing.assert_close(processor.mirror_views(mirrored), pixels)  # an involution
+
+
+def test_mirroring_some_samples_is_seeded_and_needs_mirror_image_views():
+    processor = FacetMeshImageProcessor(views=[[0, 0], [20, 0], [-20, 0]], image_size=8)
+    pixels = torch.rand(200, 3, 5, 8, 8) * 2 - 1
+    some = processor.mirror_views(pixels, probability=0.5, seed=3)
+    changed = (some != pixels).flatten(1).any(1)
+    assert 70 <= int(changed.sum()) <= 130
+    torch.testing.assert_close(some[changed], processor.mirror_views(pixels[changed]))
+    torch.testing.assert_close(processor.mirror_views(pixels, probability=0.5, seed=3), some)
+    torch.testing.assert_close(processor.mirror_views(pixels, probability=0.0, seed=3), pixels)
+    sequences = torch.rand(2, 4, 3, 5, 8, 8)
+    torch.testing.assert_close(processor.mirror_views(sequences)[:, 2], processor.mirror_views(sequences[:, 2]))
+    lopsided = FacetMeshImageProcessor(views=[[0, 0], [30, 0]], image_size=8)
+    with pytest.raises(ValueError, match=r"no mirror image of view \[30.0, 0.0\]"):
+        lopsided.mirror_views(torch.zeros(1, 2, 5, 8, 8))
+
+
 def test_pad_frames_pads_sequences_and_masks_the_padding():
     from modeling_facet.image_processing_facet import pad_frames
 

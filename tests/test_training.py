@@ -442,3 +442,19 @@ def test_frozen_vision_blocks_keep_their_starting_weights(tmp_path, cache_dir):
 def test_a_negative_count_of_frozen_vision_blocks_is_refused():
     with pytest.raises(ValueError, match="freeze_vision_blocks must be 0 or more"):
         TrainConfig(freeze_vision_blocks=-1)
+
+
+def test_mirrored_training_scans_are_whole_mirrored_faces():
+    from modeling_facet import FacetVLMConfig, FacetVLMProcessor
+    from training.data import ExpressionSplit
+    from training.train import BatchBuilder
+
+    processor = FacetVLMProcessor.from_model_config(FacetVLMConfig.from_preset("tiny"))
+    split = ExpressionSplit(torch.rand(4, 3, 5, 32, 32) * 2 - 1, torch.arange(4), ["a", "b", "c", "d"])
+    plain = BatchBuilder(TrainConfig(preset="tiny", augment_prompts=False), processor, split, "cpu")([0, 1, 2, 3], 7)
+    mirrored = BatchBuilder(TrainConfig(preset="tiny", augment_prompts=False, mirror_scans=1.0), processor, split,
+                            "cpu")([0, 1, 2, 3], 7)  # fmt: skip
+    torch.testing.assert_close(mirrored["pixel_values"], processor.image_processor.mirror_views(plain["pixel_values"]))
+    for wrong in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="mirror_scans must be a probability in \\[0, 1\\]"):
+            TrainConfig(mirror_scans=wrong)

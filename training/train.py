@@ -73,6 +73,8 @@ class BatchBuilder:
 
     def __init__(self, cfg: TrainConfig, processor, split: ExpressionSplit, device):
         self.cfg, self.processor, self.device = cfg, processor, torch.device(device)
+        if cfg.mirror_scans:
+            processor.image_processor.mirror_view_order()  # views without mirror images fail before training
         # The rendered split is held on the device (from the first batch on), its labels also on the host for prompt
         # sampling: a step copies only its prompts and augmentation parameters there, without waiting for the device.
         self.split, self.host_labels = split, None
@@ -87,6 +89,10 @@ class BatchBuilder:
         if self.cfg.augment_views:
             batch["pixel_values"] = self.processor.image_processor.augment_pixel_values(
                 batch["pixel_values"], seed=step_seed
+            )
+        if self.cfg.mirror_scans:
+            batch["pixel_values"] = self.processor.image_processor.mirror_views(
+                batch["pixel_values"], self.cfg.mirror_scans, seed=[step_seed, 2]
             )
         if self.cfg.occlude_views:
             batch["pixel_values"] = self.processor.image_processor.occlude_views(
