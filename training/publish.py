@@ -144,7 +144,9 @@ def _evaluation(results: dict) -> tuple:
               ("train_intensities", "Training intensities"), ("augment_views", "Mixed view augmentation"),
               ("augment_prompts", "Augmented prompts"))  # fmt: skip
     training_settings = [(name, settings[key]) for key, name in listed if settings.get(key) is not None]
-    for key, name in (("train_samples", "Training samples"), ("test_samples", "Test samples")):
+    resolved = (("train_samples", "Training samples"), ("replayed_per_epoch", "Synthetic scans replayed per epoch"),
+                ("mirror_scans", "Chance of a training scan being mirrored"), ("test_samples", "Test samples"))
+    for key, name in resolved:
         if metrics.get(key) is not None:
             training_settings.append((name, metrics[key]))
     training = {
