@@ -2,7 +2,7 @@
 (`--dataset bu3dfe --protocol standard`, which starts from the synthetic-pretrained model, training/pretraining.py)
 against the same command with `--init-from none`, beside the depth-CNN baseline, and the default with each part it
 leaves off put back (mixed view augmentation, L_cons, L_gf), another learning rate, frozen vision blocks, early
-stopping on held-out training people, more synthetic replay or none, no mirrored scans, all on the same
+stopping on held-out training people, more synthetic replay or none, mirrored scans, all on the same
 subject-independent folds and model seeds.
 
 The target is a BU-3DFE-layout tree written from the generator's transfer target
@@ -65,7 +65,8 @@ ARMS = {
     "no_replay": ("default start, `--replay-synthetic 0` (no pretraining scans replayed)", {"replay_synthetic": 0.0}),
     "replay_2": ("default start, `--replay-synthetic 2` (two pretraining scans replayed per scan)",
                  {"replay_synthetic": 2.0}),
-    "no_mirror": ("default start, `--mirror-scans 0` (no training scan mirrored)", {"mirror_scans": 0.0}),
+    "mirror_scans": ("default start, `--mirror-scans 0.5` (half the training scans mirrored left to right)",
+                     {"mirror_scans": 0.5}),
     "validation_6": ("default start, `--validation-subjects 6` (the best epoch on 6 training people)",
                      {"validation_subjects": 6}),
 }

@@ -274,7 +274,7 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         shading is relit from the mirrored normals (without a normals channel the light comes from the other side).
         `pixel_values` are normalised, (B, V, C, H, W) or (B, T, V, C, H, W); with `probability` below 1 each sample
         is mirrored with that probability, deterministically under `seed`."""
-        order = self.check_mirror_views()
+        order = self.mirror_view_order()
         images = pixel_values * self.image_std + self.image_mean
         mirrored = images.flip(-1)[..., order, :, :, :]
         if "normals" in self.channels:
@@ -295,24 +295,16 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         mask = to_device(chosen, pixel_values.device, torch.bool).view(-1, *(1,) * (pixel_values.dim() - 1))
         return torch.where(mask, mirrored, pixel_values)
 
-    def mirror_view_order(self) -> list | None:
-        """For each view, the index of its mirror image (yaw negated, the same pitch); None when a view has none."""
+    def mirror_view_order(self) -> list:
+        """For each view, the index of its mirror image (yaw negated, the same pitch); raises when a view has none."""
         order = []
         for yaw, pitch in self.views:
             matches = [j for j, (other_yaw, other_pitch) in enumerate(self.views)
                        if abs(other_yaw + yaw) < 1e-6 and abs(other_pitch - pitch) < 1e-6]  # fmt: skip
             if not matches:
-                return None
+                raise ValueError(f"Cannot mirror the views {self.views}: there is no mirror image of view "
+                                 f"{[yaw, pitch]} (yaw {-yaw:g}, pitch {pitch:g}).")  # fmt: skip
             order.append(matches[0])
-        return order
-
-    def check_mirror_views(self) -> list:
-        """[`mirror_view_order`], raising when a view has no mirror image."""
-        order = self.mirror_view_order()
-        if order is None:
-            unmatched = next(view for view in self.views if [-view[0], view[1]] not in self.views)
-            raise ValueError(f"Cannot mirror the views {self.views}: there is no mirror image of view {unmatched} "
-                             f"(yaw {-unmatched[0]:g}, pitch {unmatched[1]:g}).")  # fmt: skip
         return order
 
     def _turn_normals(self, images: torch.Tensor, linear: torch.Tensor) -> torch.Tensor:

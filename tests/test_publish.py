@@ -36,10 +36,11 @@ METRICS = {
     "accuracy": 0.8125, "macro_f1": 0.7931, "per_class_recall": [0.9, 0.8, 0.7, 0.9, 0.8, 0.775],
     "labels": ["anger", "disgust", "fear", "happiness", "sadness", "surprise"], "num_samples": 48,
     "dataset": "synthetic", "protocol": "all", "fold": 0, "seed": 42, "train_samples": 192, "test_samples": 48,
-    "replayed_per_epoch": 192, "mirror_scans": 0.5, "cross_dataset": {"accuracy": 0.41, "macro_f1": 0.37},
+    "replayed_per_epoch": 192, "cross_dataset": {"accuracy": 0.41, "macro_f1": 0.37},
 }  # fmt: skip
 TRAIN_CONFIG = {"dataset": "synthetic", "protocol": "all", "num_folds": 5, "fold": 0, "seed": 42, "preset": "tiny",
-                "epochs": 3, "test_intensities": [3, 4], "eval_dataset": "bu3dfe", "eval_protocol": "all"}  # fmt: skip
+                "epochs": 3, "test_intensities": [3, 4], "eval_dataset": "bu3dfe", "eval_protocol": "all",
+                "mirror_scans": 0.5}  # fmt: skip
 CV = {"folds": [{"fold": 0, "accuracy": 0.8125, "macro_f1": 0.79}, {"fold": 1, "accuracy": 0.75, "macro_f1": 0.74}],
       "accuracy_mean": 0.78, "accuracy_std": 0.03}  # fmt: skip
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from training import checkpointing
-from training.train import DEFAULT_MIRROR_SCANS, TrainConfig, cross_validate, train
+from training.train import TrainConfig, cross_validate, train
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def test_train_writes_metrics_and_a_loadable_model(tmp_path, cache_dir):
     assert saved["labels"] == ["anger", "disgust", "fear", "happiness", "sadness", "surprise"]
     assert sum(map(sum, saved["confusion_matrix"])) == saved["num_samples"] == 2 * 6 * 2  # 2 subjects x 6 x 2 levels
     assert Path(saved["confusion_matrix_png"]).is_file()
-    assert metrics["accuracy"] == saved["accuracy"] and saved["mirror_scans"] == DEFAULT_MIRROR_SCANS
+    assert metrics["accuracy"] == saved["accuracy"]
     epochs = [json.loads(line) for line in (tmp_path / "run" / "epochs.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2] and all(e["loss"] > 0 for e in epochs)
 
@@ -451,20 +451,16 @@ def test_mirrored_training_scans_are_whole_mirrored_faces():
 
     processor = FacetVLMProcessor.from_model_config(FacetVLMConfig.from_preset("tiny"))
     split = ExpressionSplit(torch.rand(4, 3, 5, 32, 32) * 2 - 1, torch.arange(4), ["a", "b", "c", "d"])
-    plain = BatchBuilder(TrainConfig(preset="tiny", augment_prompts=False, mirror_scans=0.0), processor, split,
-                         "cpu")([0, 1, 2, 3], 7)  # fmt: skip
+    plain = BatchBuilder(TrainConfig(preset="tiny", augment_prompts=False), processor, split, "cpu")([0, 1, 2, 3], 7)
     mirrored = BatchBuilder(TrainConfig(preset="tiny", augment_prompts=False, mirror_scans=1.0), processor, split,
                             "cpu")([0, 1, 2, 3], 7)  # fmt: skip
     torch.testing.assert_close(mirrored["pixel_values"], processor.image_processor.mirror_views(plain["pixel_values"]))
-    assert BatchBuilder(TrainConfig(preset="tiny"), processor, split, "cpu").mirror_scans == DEFAULT_MIRROR_SCANS > 0
     for wrong in (-0.1, 1.5):
         with pytest.raises(ValueError, match="mirror_scans must be a probability in \\[0, 1\\]"):
             TrainConfig(mirror_scans=wrong)
 
 
-def test_by_default_only_views_with_mirror_images_are_mirrored():
-    """The default mirrors where it can; a run that asks for mirroring on views without mirror images fails before
-    training, naming the view."""
+def test_mirroring_views_without_mirror_images_fails_before_training():
     from modeling_facet import FacetVLMConfig, FacetVLMProcessor
     from training.data import ExpressionSplit
     from training.train import BatchBuilder
@@ -472,14 +468,6 @@ def test_by_default_only_views_with_mirror_images_are_mirrored():
     config = FacetVLMConfig.from_preset("tiny", views=[[0, 0], [30, 0]])
     processor = FacetVLMProcessor.from_model_config(config)
     split = ExpressionSplit(torch.rand(2, 2, 5, 32, 32) * 2 - 1, torch.arange(2), ["a", "b"])
-    assert BatchBuilder(TrainConfig(preset="tiny"), processor, split, "cpu").mirror_scans == 0.0
+    BatchBuilder(TrainConfig(preset="tiny"), processor, split, "cpu")  # no mirroring asked for: any views
     with pytest.raises(ValueError, match=r"no mirror image of view \[30.0, 0.0\]"):
         BatchBuilder(TrainConfig(preset="tiny", mirror_scans=0.5), processor, split, "cpu")
-
-
-def test_the_main_job_and_the_pretraining_recipe_mirror_nothing():
-    from training.demo import demo_config
-    from training.pretraining import pretraining_config
-
-    assert demo_config("/tmp/unused").mirror_scans == 0.0
-    assert pretraining_config(TrainConfig(dataset="bu3dfe")).mirror_scans == 0.0

@@ -60,7 +60,7 @@ class TrainConfig:
     # Mixed view augmentation: no measured gain when fine-tuning (benchmarks/results/pretraining_ablation.json).
     augment_views: bool = False
     occlude_views: float = 0.0  # probability that a training sample loses one view (blanked), for CVSA to weigh
-    mirror_scans: float | None = None  # chance that a training sample is its face mirrored (None: train.py's default)
+    mirror_scans: float = 0.0  # probability that a training sample is its face mirrored left to right
     augment_prompts: bool = True
     exclude_words: list = field(default_factory=list)
     eval_every_epoch: bool = False
@@ -91,7 +91,7 @@ class TrainConfig:
             raise ValueError(f"freeze_vision_blocks must be 0 or more; got {self.freeze_vision_blocks}.")
         if self.replay_synthetic is not None and self.replay_synthetic < 0:
             raise ValueError(f"replay_synthetic must be 0 or more; got {self.replay_synthetic}.")
-        if self.mirror_scans is not None and not 0 <= self.mirror_scans <= 1:
+        if not 0 <= self.mirror_scans <= 1:
             raise ValueError(f"mirror_scans must be a probability in [0, 1]; got {self.mirror_scans}.")
         if self.validation_subjects < 0:
             raise ValueError(f"validation_subjects must be 0 or more; got {self.validation_subjects}.")

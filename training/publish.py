@@ -142,11 +142,12 @@ def _evaluation(results: dict) -> tuple:
                        "rows": [[str(item["fold"]), *(f"{item[key]:.4f}" for key in columns)] for item in cv["folds"]]})  # fmt: skip
     listed = (("preset", "Preset"), ("epochs", "Epochs"), ("batch_size", "Batch size"), ("learning_rate", "Learning rate"),
               ("train_intensities", "Training intensities"), ("augment_views", "Mixed view augmentation"),
+              ("mirror_scans", "Chance of a training scan being mirrored"),
               ("augment_prompts", "Augmented prompts"))  # fmt: skip
     training_settings = [(name, settings[key]) for key, name in listed if settings.get(key) is not None]
-    resolved = (("train_samples", "Training samples"), ("replayed_per_epoch", "Synthetic scans replayed per epoch"),
-                ("mirror_scans", "Chance of a training scan being mirrored"), ("test_samples", "Test samples"))
-    for key, name in resolved:
+    from_metrics = (("train_samples", "Training samples"), ("replayed_per_epoch", "Synthetic scans replayed per epoch"),
+                    ("test_samples", "Test samples"))
+    for key, name in from_metrics:
         if metrics.get(key) is not None:
             training_settings.append((name, metrics[key]))
     training = {

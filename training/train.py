@@ -33,12 +33,6 @@ from .evaluate_model import compute_metrics, decisions, predict, write_metrics
 from .step_log import LOSS_TERMS, LossMeans
 
 
-# Half the training samples mirrored left to right: chosen on the transfer benchmark's dev tree
-# (benchmarks/results/dev_experiments.json, whole_scan_mirroring) and measured on its reported tree
-# (benchmarks/results/pretraining_mirror.json).
-DEFAULT_MIRROR_SCANS = 0.5
-
-
 def _mixed_precision(requested: str) -> str:
     if requested != "auto":
         return requested
@@ -73,23 +67,14 @@ def build_model_and_processor(cfg: TrainConfig, multi_label: bool, start=None):
     return model, processor
 
 
-def mirror_probability(cfg: TrainConfig, image_processor) -> float:
-    """The chance that a training sample is mirrored: `cfg.mirror_scans` when given (views without mirror images
-    then fail here, before training); by default DEFAULT_MIRROR_SCANS where every view has its mirror image, else 0."""
-    if cfg.mirror_scans is None:
-        return DEFAULT_MIRROR_SCANS if image_processor.mirror_view_order() is not None else 0.0
-    if cfg.mirror_scans:
-        image_processor.check_mirror_views()
-    return cfg.mirror_scans
-
-
 class BatchBuilder:
     """Turns sample indices into model inputs: pixels with mixed view augmentation, mirrored scans and occluded views
     as configured, the class prompts, and one augmented prompt per sample, all seeded by the global step."""
 
     def __init__(self, cfg: TrainConfig, processor, split: ExpressionSplit, device):
         self.cfg, self.processor, self.device = cfg, processor, torch.device(device)
-        self.mirror_scans = mirror_probability(cfg, processor.image_processor)
+        if cfg.mirror_scans:
+            processor.image_processor.mirror_view_order()  # views without mirror images fail before training
         # The rendered split is held on the device (from the first batch on), its labels also on the host for prompt
         # sampling: a step copies only its prompts and augmentation parameters there, without waiting for the device.
         self.split, self.host_labels = split, None
@@ -105,9 +90,9 @@ class BatchBuilder:
             batch["pixel_values"] = self.processor.image_processor.augment_pixel_values(
                 batch["pixel_values"], seed=step_seed
             )
-        if self.mirror_scans:
+        if self.cfg.mirror_scans:
             batch["pixel_values"] = self.processor.image_processor.mirror_views(
-                batch["pixel_values"], self.mirror_scans, seed=[step_seed, 2]
+                batch["pixel_values"], self.cfg.mirror_scans, seed=[step_seed, 2]
             )
         if self.cfg.occlude_views:
             batch["pixel_values"] = self.processor.image_processor.occlude_views(
@@ -261,8 +246,7 @@ def train(cfg: TrainConfig) -> dict:
     metrics = _gathered_metrics(accelerator, model, processor, test_split)
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
                    data_seed=cfg.data_seed, init_from=None if start is None else str(start),
-                   train_samples=len(train_split), replayed_per_epoch=replay_draws,
-                   mirror_scans=build_batch.mirror_scans, test_samples=len(test_split),
+                   train_samples=len(train_split), replayed_per_epoch=replay_draws, test_samples=len(test_split),
                    world_size=world,
                    parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
