@@ -276,18 +276,16 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         is mirrored with that probability, deterministically under `seed`."""
         order = self.mirror_view_order()
         images = pixel_values * self.image_std + self.image_mean
-        mirrored = images.flip(-1)[..., order, :, :, :]
+        mirrored = images.flip(-1)[..., order, :, :, :]  # indexing copies: the channels below are written in place
         if "normals" in self.channels:
             start = channel_offset(self.channels, "normals")
             normals = mirrored[..., start : start + 3, :, :]
             foreground = _normals_foreground(normals)
-            flipped_x = torch.where(foreground, 1 - normals[..., :1, :, :], torch.zeros_like(normals[..., :1, :, :]))
-            mirrored = torch.cat([mirrored[..., :start, :, :], flipped_x, mirrored[..., start + 1 :, :, :]], dim=-3)
+            normals[..., :1, :, :] = torch.where(foreground, 1 - normals[..., :1, :, :], 0.0)
             if "shaded" in self.channels:
-                unit = mirrored[..., start : start + 3, :, :] * 2 - 1
-                shaded = torch.where(foreground, shade(unit, dim=unit.dim() - 3).unsqueeze(-3), 0.0)
                 at = channel_offset(self.channels, "shaded")
-                mirrored = torch.cat([mirrored[..., :at, :, :], shaded, mirrored[..., at + 1 :, :, :]], dim=-3)
+                relit = shade(normals * 2 - 1, dim=normals.dim() - 3).unsqueeze(-3)
+                mirrored[..., at : at + 1, :, :] = torch.where(foreground, relit, 0.0)
         mirrored = (mirrored - self.image_mean) / self.image_std
         if probability >= 1:
             return mirrored
