@@ -2,8 +2,8 @@
 (`--dataset bu3dfe --protocol standard`, which starts from the synthetic-pretrained model, training/pretraining.py)
 against the same command with `--init-from none`, beside the depth-CNN baseline, and the default with each part it
 leaves off put back (mixed view augmentation, L_cons, L_gf), another learning rate, frozen vision blocks, early
-stopping on held-out training people, more synthetic replay or none, mirrored scans, all on the same
-subject-independent folds and model seeds.
+stopping on held-out training people, more synthetic replay or none, mirrored scans, a start pretrained on more
+synthetic people, all on the same subject-independent folds and model seeds.
 
 The target is a BU-3DFE-layout tree written from the generator's transfer target
 (`SyntheticConfig.transfer_target`: shape family c, which the pretraining data (families a and b) never drew, and a
@@ -20,6 +20,7 @@ Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--sub
 The first run builds the synthetic-pretrained model into the HF cache (about 9 minutes on the 2-core machine); each
 default-recipe run then takes about 6 minutes there with its zero-shot tests (it replays as many pretraining scans as
 it trains on; about 3 without, about 9 with two per scan), so one fold x 3 seeds of every arm take about four hours.
+The 300-people arm first builds its own start (about 28 minutes there).
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ TARGET_SEED = 7  # the pretraining data uses the recipe's seed, 42
 QUICK = {"subjects": 6, "folds": 2, "run_folds": 1, "seeds": 1, "epochs": 1}
 FULL = {"subjects": 60, "folds": 10, "run_folds": 10, "seeds": 3, "epochs": None}  # BU-3DFE's size; the default epochs
 # Arm: (description, its TrainConfig fields besides the default command's). The other arms fine-tune from the default
-# arm's pretrained model (so only the fine-tuning changes): a part of the method that the defaults leave off is
-# measured by putting it back.
+# arm's pretrained model (so only the fine-tuning changes), unless they set `init_from: auto` to start from their own:
+# a part of the method that the defaults leave off is measured by putting it back.
 ARMS = {
     "default": ("the default command (synthetic-pretrained start)", {}),
     "scratch": ("`--init-from none` (from scratch)", {"init_from": "none"}),
@@ -67,6 +68,8 @@ ARMS = {
                  {"replay_synthetic": 2.0}),
     "mirror_scans": ("default start, `--mirror-scans 0.5` (half the training scans mirrored left to right)",
                      {"mirror_scans": 0.5}),
+    "pretraining_300_people": ("`--pretraining-subjects 300` (a start pretrained on 300 synthetic people, replayed)",
+                               {"pretraining_subjects": 300, "init_from": "auto"}),
     "validation_6": ("default start, `--validation-subjects 6` (the best epoch on 6 training people)",
                      {"validation_subjects": 6}),
 }

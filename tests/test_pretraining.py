@@ -62,6 +62,34 @@ def test_another_generator_version_gets_its_own_pretrained_model(monkeypatch):
     assert pretraining.pretrained_folder(cfg) != before
 
 
+def test_more_pretraining_people_build_their_own_start_which_replay_then_draws(tmp_path, tiny_recipe):
+    """`pretraining_subjects` pretrains the start on that many synthetic people instead of the recipe's, into its own
+    cache folder, and replay draws from those people."""
+    from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
+
+    built = []
+
+    def pretrain(cfg):
+        built.append(cfg.synthetic_subjects)
+        return train(cfg)
+
+    default, larger = _benchmark_run(tmp_path), _benchmark_run(tmp_path, pretraining_subjects=6)
+    assert pretraining.pretraining_config(default).synthetic_subjects == 4, "None keeps the recipe's people"
+    start = pretraining.starting_checkpoint(larger, pretrain=pretrain)
+    assert built == [6] and start == pretraining.pretrained_folder(larger) / "model"
+    assert pretraining.pretrained_folder(larger) != pretraining.pretrained_folder(default)
+    record = json.loads((start.parent / "pretraining.json").read_text())
+    assert record["recipe"]["synthetic_subjects"] == 6
+    assert pretraining.replay_per_scan(larger, start, _target_split(["anger"])) == 1.0, "its own start replays"
+    assert pretraining.replay_per_scan(default, start, _target_split(["anger"])) == 0.0, "not the recipe's start"
+    processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset("tiny"))
+    larger = dataclasses.replace(larger, cache_dir=str(tmp_path / "data"))
+    replayed = pretraining.replay_split(larger, processor, _target_split(["anger", "happiness"])).subjects
+    assert len(set(replayed)) == 3, "the training people (3 of 6 with 2 folds) of the larger pretraining"
+    with pytest.raises(ValueError, match="pretraining_subjects must be 1 or more"):
+        TrainConfig(pretraining_subjects=0)
+
+
 def test_scratch_synthetic_and_explicit_starts_build_nothing(tmp_path, tiny_recipe):
     def must_not_run(cfg):
         raise AssertionError("pretraining ran")
@@ -79,6 +107,8 @@ def test_a_multi_process_run_does_not_build_the_model_itself(tmp_path, tiny_reci
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(FileNotFoundError, match="facet-vlm pretrain --preset tiny"):
         pretraining.starting_checkpoint(_benchmark_run(tmp_path), pretrain=train)
+    with pytest.raises(FileNotFoundError, match="facet-vlm pretrain --preset tiny --pretraining-subjects 6`"):
+        pretraining.starting_checkpoint(_benchmark_run(tmp_path, pretraining_subjects=6), pretrain=train)
 
 
 def test_pretrain_command_prints_the_cached_model(tmp_path, tiny_recipe, capsys):
@@ -87,6 +117,9 @@ def test_pretrain_command_prints_the_cached_model(tmp_path, tiny_recipe, capsys)
     main(["pretrain", "--preset", "tiny"])
     folder = capsys.readouterr().out.strip().splitlines()[-1]
     assert folder == str(pretraining.pretrained_folder(TrainConfig(preset="tiny")) / "model")
+    main(["pretrain", "--preset", "tiny", "--pretraining-subjects", "6"])
+    folder = capsys.readouterr().out.strip().splitlines()[-1]
+    assert folder == str(pretraining.pretrained_folder(TrainConfig(preset="tiny", pretraining_subjects=6)) / "model")
 
 
 def test_a_run_records_where_it_started(tmp_path, tiny_recipe):
@@ -110,9 +143,15 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
     with pytest.raises(ValueError, match=r"Unknown arms \['bogus'\]"):
         pretraining_gain.run(quick=True, arms=["bogus"])
     (tmp_path / "work" / "bu3dfe" / "F0001").mkdir(parents=True)  # a killed run's partial tree: written again
-    results = pretraining_gain.run(quick=True, arms=["scratch", "l_gf"], work_dir=tmp_path / "work",
-                                   output=tmp_path / "gain.json", target_seed=3)  # fmt: skip
-    assert list(results["arms"]) == ["default", "scratch", "l_gf", "depth_cnn"]
+    more_people = pretraining_gain.ARMS["pretraining_300_people"]
+    assert more_people[1] == {"pretraining_subjects": 300, "init_from": "auto"}
+    monkeypatch.setitem(pretraining_gain.ARMS, "pretraining_300_people", (more_people[0], {
+        "pretraining_subjects": 6, "init_from": "auto"}))  # fmt: skip
+    results = pretraining_gain.run(quick=True, arms=["scratch", "l_gf", "pretraining_300_people"],
+                                   work_dir=tmp_path / "work", output=tmp_path / "gain.json", target_seed=3)
+    assert list(results["arms"]) == ["default", "scratch", "l_gf", "pretraining_300_people", "depth_cnn"]
+    starts = [path.name for path in (pretraining.cache_root() / "synthetic-pretrained").iterdir() if path.is_dir()]
+    assert len(starts) == 2, f"the larger start is built beside the default one: {starts}"
     for summary in results["arms"].values():
         assert len(summary["runs"]) == 1 and 0 <= summary["mean"] <= 1 and 0 <= summary["train_mean"] <= 1
     assert results["arms"]["scratch"]["paired_difference"]["pairs"] == 1
@@ -120,11 +159,12 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
     assert results["settings"]["target_seed"] == results["settings"]["target_generator"]["seed"] == 3
     assert json.loads((tmp_path / "gain.json").read_text())["arms"].keys() == results["arms"].keys()
     zero_shot = results["zero_shot"]
-    assert list(zero_shot) == ["pretrained", "default", "scratch", "l_gf"], "the start, then every arm's models"
+    assert list(zero_shot) == ["pretrained", "default", "scratch", "l_gf", "pretraining_300_people"], \
+        "the start, then every arm's models"
     for summary in zero_shot.values():
         assert list(summary["accuracy"]) == list(pretraining_gain.WORD_SETS)
         assert all(0 <= value <= 1 for value in summary["accuracy"].values()) and len(summary["runs"]) == 1
-    for arm in ("default", "scratch", "l_gf"):
+    for arm in ("default", "scratch", "l_gf", "pretraining_300_people"):
         run = results["arms"][arm]["runs"][0]
         assert zero_shot[arm]["runs"][0]["label_names"] == pytest.approx(run["value"]), f"{arm}: the same prompts"
     table = "\n".join(pretraining_markdown(results))

@@ -87,7 +87,9 @@ def _pretrain(args):
     from training.pretraining import synthetic_pretrained
     from training.train import train
 
-    print(synthetic_pretrained(TrainConfig(preset=args.preset, model_overrides=args.model_overrides), pretrain=train))
+    cfg = TrainConfig(preset=args.preset, model_overrides=args.model_overrides,
+                      pretraining_subjects=args.pretraining_subjects)  # fmt: skip
+    print(synthetic_pretrained(cfg, pretrain=train))
 
 
 def _evaluate(args):
@@ -217,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "start from, and print its folder; see training/pretraining.py.")  # fmt: skip
     pretrain.add_argument("--preset", default="small")
     pretrain.add_argument("--model-overrides", type=json.loads, default={}, help="JSON, as for train")
+    pretrain.add_argument("--pretraining-subjects", type=int, help="synthetic people to pretrain on, as for train "
+                          "(default: the recipe's)")  # fmt: skip
     pretrain.set_defaults(handler=_pretrain)
 
     evaluate = commands.add_parser("evaluate", help="Evaluate a trained model on a benchmark split.")

@@ -42,6 +42,8 @@ class TrainConfig:
     # Synthetic pretraining scans drawn into each epoch, per training scan; None: 1 when the run starts from the
     # synthetic-pretrained model on single-label static scans, else 0 (training/pretraining.py)
     replay_synthetic: float | None = None
+    # Synthetic people that start is pretrained on; None: the recipe's (training/configs/demo.yaml)
+    pretraining_subjects: int | None = None
     epochs: int = 20
     max_steps: int | None = None
     batch_size: int = 32
@@ -91,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"freeze_vision_blocks must be 0 or more; got {self.freeze_vision_blocks}.")
         if self.replay_synthetic is not None and self.replay_synthetic < 0:
             raise ValueError(f"replay_synthetic must be 0 or more; got {self.replay_synthetic}.")
+        if self.pretraining_subjects is not None and self.pretraining_subjects < 1:
+            raise ValueError(f"pretraining_subjects must be 1 or more; got {self.pretraining_subjects}.")
         if not 0 <= self.mirror_scans <= 1:
             raise ValueError(f"mirror_scans must be a probability in [0, 1]; got {self.mirror_scans}.")
         if self.validation_subjects < 0:

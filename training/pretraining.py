@@ -38,9 +38,11 @@ def cache_root() -> Path:
 
 
 def pretraining_config(cfg: TrainConfig) -> TrainConfig:
-    """The pretraining run for `cfg`'s architecture (its preset and model overrides), without its output folders."""
+    """The pretraining run for `cfg`'s architecture (its preset and model overrides) on `cfg.pretraining_subjects`
+    synthetic people (None: the recipe's), without its output folders."""
+    people = {} if cfg.pretraining_subjects is None else {"synthetic_subjects": cfg.pretraining_subjects}
     return TrainConfig.from_yaml(PRETRAINING_CONFIG, preset=cfg.preset, model_overrides=cfg.model_overrides,
-                                 init_from=SCRATCH)  # fmt: skip
+                                 init_from=SCRATCH, **people)  # fmt: skip
 
 
 def pretrained_folder(cfg: TrainConfig) -> Path:
@@ -78,6 +80,7 @@ def synthetic_pretrained(cfg: TrainConfig, pretrain) -> Path:
             f"{model}: no synthetic-pretrained model for this architecture yet, and a multi-process run does not "
             f"build it; run `facet-vlm pretrain --preset {cfg.preset}"
             + (f" --model-overrides '{json.dumps(cfg.model_overrides)}'" if cfg.model_overrides else "")
+            + (f" --pretraining-subjects {cfg.pretraining_subjects}" if cfg.pretraining_subjects else "")
             + "` once first, or start from scratch with --init-from none."
         )
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -90,8 +93,8 @@ def synthetic_pretrained(cfg: TrainConfig, pretrain) -> Path:
         recipe = dataclasses.replace(settings, output=str(partial / "run"),
                                      cache_dir=str(partial / "cache"))  # fmt: skip
         print(f"Pretraining FACET-VLM ({cfg.preset} preset) on {recipe.synthetic_subjects} synthetic people, once for "
-              f"this architecture, into {folder} (the main job's recipe: about 6 minutes on a 2-core "
-              f"CPU for the small preset; --init-from none skips it).", flush=True)  # fmt: skip
+              f"this architecture, into {folder} (the main job's recipe: about 6 minutes per 100 people on a "
+              f"2-core CPU for the small preset; --init-from none skips it).", flush=True)  # fmt: skip
         metrics = pretrain(recipe)
         shutil.rmtree(partial / "cache")
         (partial / "run" / "model").rename(partial / "model")
