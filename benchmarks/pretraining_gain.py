@@ -49,12 +49,15 @@ FULL = {"subjects": 60, "folds": 10, "run_folds": 10, "seeds": 3, "epochs": None
 # Arm: (description, its TrainConfig fields besides the default command's). The other arms fine-tune from the default
 # arm's pretrained model (so only the fine-tuning changes), unless they set `init_from: auto` to start from their own:
 # a part of the method that the defaults leave off is measured by putting it back.
+PUT_BACK_LOSS_WEIGHT = 0.1  # L_cons or L_gf, when an arm puts one back
 ARMS = {
     "default": ("the default command (synthetic-pretrained start)", {}),
     "scratch": ("`--init-from none` (from scratch)", {"init_from": "none"}),
     "view_augmentation": ("default start, `--augment-views`", {"augment_views": True}),
-    "l_cons": ("default start, with L_cons (weight 0.1)", {"model_overrides": {"loss_weight_cons": 0.1}}),
-    "l_gf": ("default start, with L_gf (weight 0.1)", {"model_overrides": {"loss_weight_gf": 0.1}}),
+    "l_cons": (f"default start, with L_cons (weight {PUT_BACK_LOSS_WEIGHT})",
+               {"model_overrides": {"loss_weight_cons": PUT_BACK_LOSS_WEIGHT}}),
+    "l_gf": (f"default start, with L_gf (weight {PUT_BACK_LOSS_WEIGHT})",
+             {"model_overrides": {"loss_weight_gf": PUT_BACK_LOSS_WEIGHT}}),
     "learning_rate_5e-4": ("default start, `--learning-rate 5e-4`", {"learning_rate": 5e-4}),
     "learning_rate_2e-4": ("default start, `--learning-rate 2e-4`", {"learning_rate": 2e-4}),
     "frozen_stem_stage1": ("default start, `--freeze-vision-blocks 2` (stem and first stage)",
