@@ -221,14 +221,17 @@ def _same_people(a: list, b: list) -> bool:
 def paired_difference(records: list, reference: list) -> dict:
     """Mean difference of `records` minus `reference` over the (fold, seed) runs both have, with a 95 % t interval
     over those pairs, and the verdict: "gain" or "loss" where the interval excludes zero, else "no measurable
-    effect"; "too few pairs" below `MIN_PAIRS`."""
+    effect"; "too few pairs" below `MIN_PAIRS`, and no interval where every pair differs by the same amount (as
+    accuracies on one test set often do), which a t interval would call certain."""
     from scipy import stats
 
     by_run = {(r["fold"], r["seed"]): r["value"] for r in reference}
     differences = [r["value"] - by_run[(r["fold"], r["seed"])] for r in records if (r["fold"], r["seed"]) in by_run]
     result = {"pairs": len(differences), "mean": float(np.mean(differences)) if differences else None,
               "ci95": None, "verdict": "too few pairs"}  # fmt: skip
-    if len(differences) >= MIN_PAIRS:
+    if len(differences) >= MIN_PAIRS and np.ptp(differences) < 1e-9:  # equal up to float rounding
+        result["verdict"] = "no spread between pairs"
+    elif len(differences) >= MIN_PAIRS:
         half = stats.t.ppf(0.975, len(differences) - 1) * np.std(differences, ddof=1) / math.sqrt(len(differences))
         low, high = result["mean"] - half, result["mean"] + half
         result["ci95"] = [float(low), float(high)]

@@ -202,6 +202,10 @@ def test_summarise_gives_mean_std_train_and_the_paired_difference():
     two = accuracy_study.paired_difference(_runs([0.85, 0.75]), _runs([0.8, 0.7]))
     assert two["pairs"] == 2 and two["mean"] == pytest.approx(0.05)
     assert two["verdict"] == "too few pairs" and two["ci95"] is None
+    # Three or more equal differences have no spread either: the t interval would claim certainty.
+    same = accuracy_study.paired_difference(_runs([0.85, 0.75, 0.95]), _runs([0.8, 0.7, 0.9]))
+    assert same["pairs"] == 3 and same["mean"] == pytest.approx(0.05)
+    assert same["verdict"] == "no spread between pairs" and same["ci95"] is None
 
 
 def _fixture_results(folder: Path) -> None:
