@@ -253,6 +253,19 @@ class FacetMeshImageProcessor(BaseImageProcessor):
         augmented = (images - self.image_mean) / self.image_std
         return augmented[:, 0] if static else augmented
 
+    def augment_for_training(self, pixel_values: torch.Tensor, seed: int, augment_views: bool = False,
+                             mirror_scans: float = 0.0, occlude_views: float = 0.0) -> torch.Tensor:  # fmt: skip
+        """The pixel augmentations a training batch gets, in order and each seeded from `seed`: mixed view
+        augmentation, scans mirrored with probability `mirror_scans`, and a view blanked with probability
+        `occlude_views` (training/config.py names the three)."""
+        if augment_views:
+            pixel_values = self.augment_pixel_values(pixel_values, seed=seed)
+        if mirror_scans:
+            pixel_values = self.mirror_views(pixel_values, mirror_scans, seed=[seed, 2])
+        if occlude_views:
+            pixel_values = self.occlude_views(pixel_values, occlude_views, seed=[seed, 1])
+        return pixel_values
+
     def occlude_views(self, pixel_values: torch.Tensor, probability: float, seed=None) -> torch.Tensor:
         """With `probability`, blank one random view of a sample (every frame of it) to the background value, as a
         scanner hole or an occluder would: a reason for CVSA to weight the views. `pixel_values` are normalised,

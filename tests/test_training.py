@@ -188,9 +188,24 @@ def test_collator_augmentation_and_prompts():
     plain = FacetDataCollator(processor, ["anger", "disgust", "fear", "happiness"])(rows)
     assert plain["input_ids"].shape[:2] == (4, len(processor.templates)) and "prompt_input_ids" not in plain
     torch.testing.assert_close(plain["pixel_values"], torch.stack([r["pixel_values"] for r in rows]))
-    augmented = FacetDataCollator(processor, ["anger", "disgust", "fear", "happiness"], augment=True, seed=1)(rows)
-    assert not torch.allclose(augmented["pixel_values"], plain["pixel_values"])
-    assert augmented["prompt_input_ids"].shape[0] == 4 and augmented["labels"].tolist() == [0, 1, 2, 3]
+    labels = ["anger", "disgust", "fear", "happiness"]
+    # The default recipe's augmentation: prompts augmented, pixels untouched (`facet-vlm train` leaves views alone).
+    prompted = FacetDataCollator(processor, labels, augment_prompts=True, seed=1)(rows)
+    torch.testing.assert_close(prompted["pixel_values"], plain["pixel_values"])
+    assert prompted["prompt_input_ids"].shape[0] == 4 and prompted["labels"].tolist() == [0, 1, 2, 3]
+    # Each pixel augmentation of `facet-vlm train`, by its TrainConfig name, as train.BatchBuilder applies it.
+    for option in ({"augment_views": True}, {"mirror_scans": 1.0}, {"occlude_views": 1.0}):
+        augmented = FacetDataCollator(processor, labels, seed=1, **option)(rows)
+        assert not torch.allclose(augmented["pixel_values"], plain["pixel_values"]), option
+        assert "prompt_input_ids" not in augmented
+    mirrored = FacetDataCollator(processor, labels, mirror_scans=1.0)(rows)["pixel_values"]
+    torch.testing.assert_close(mirrored, processor.image_processor.mirror_views(plain["pixel_values"]))
+    again = FacetDataCollator(processor, labels, occlude_views=0.5, seed=3)
+    first = FacetDataCollator(processor, labels, occlude_views=0.5, seed=3)
+    torch.testing.assert_close(first(rows)["pixel_values"], again(rows)["pixel_values"])  # runs repeat
+    with pytest.raises(ValueError, match="mirror"):  # views without mirror images fail before training
+        FacetDataCollator(FacetVLMProcessor.from_model_config(FacetVLMConfig.from_preset("tiny", views=[[30, 0]])),
+                          labels, mirror_scans=0.5)  # fmt: skip
     with pytest.raises(KeyError, match="label columns"):
         FacetDataCollator(processor, ["anger"])([{"pixel_values": torch.zeros(3, 5, 32, 32)}])
 

@@ -39,11 +39,17 @@ def prepare_for_trainer(model):
 
 class FacetDataCollator:
     """Stacks `pixel_values` (and `frame_mask`), reads the label column, and adds the tokenised prompts of the class
-    names, shared by the batch. With `augment=True` it also applies mixed view augmentation and draws one augmented
-    prompt per sample (seeded by a running counter, so runs repeat)."""
+    names, shared by the batch. Like `facet-vlm train` (and under its TrainConfig names), it can draw one augmented
+    prompt per sample (`augment_prompts`, on in the default recipe), and apply mixed view augmentation, mirrored
+    scans and blanked views; each batch is seeded by a running counter from `seed`, so runs repeat."""
 
-    def __init__(self, processor, label_names, augment: bool = False, seed: int = 0):
-        self.processor, self.label_names, self.augment = processor, list(label_names), augment
+    def __init__(self, processor, label_names, augment_prompts: bool = False, augment_views: bool = False,
+                 mirror_scans: float = 0.0, occlude_views: float = 0.0, seed: int = 0):  # fmt: skip
+        self.processor, self.label_names, self.augment_prompts = processor, list(label_names), augment_prompts
+        self.pixel_augmentation = {"augment_views": augment_views, "mirror_scans": mirror_scans,
+                                   "occlude_views": occlude_views}  # fmt: skip
+        if mirror_scans:
+            processor.image_processor.mirror_view_order()  # views without mirror images fail before training
         prompts = processor(labels=self.label_names, return_tensors="pt")
         self.class_inputs = {"input_ids": prompts["input_ids"], "attention_mask": prompts["attention_mask"]}
         self._calls = np.random.SeedSequence(seed)
@@ -62,9 +68,11 @@ class FacetDataCollator:
         }
         if "frame_mask" in features[0]:
             batch["frame_mask"] = torch.stack([torch.as_tensor(f["frame_mask"], dtype=torch.bool) for f in features])
-        if self.augment:
-            seed = int(self._calls.spawn(1)[0].generate_state(1)[0])
-            batch["pixel_values"] = self.processor.image_processor.augment_pixel_values(batch["pixel_values"], seed)
+        seed = int(self._calls.spawn(1)[0].generate_state(1)[0])
+        batch["pixel_values"] = self.processor.image_processor.augment_for_training(
+            batch["pixel_values"], seed, **self.pixel_augmentation
+        )
+        if self.augment_prompts:
             prompts = self.processor(labels=self.label_names, sample_labels=batch["labels"].tolist(), augment=True,
                                      seed=seed, return_tensors="pt")  # fmt: skip
             batch["prompt_input_ids"] = prompts["prompt_input_ids"]

@@ -86,18 +86,9 @@ class BatchBuilder:
         if self.host_labels is None:
             self.host_labels, self.split = self.split.labels, self.split.to(self.device)
         batch = self.split.batch(indices, device=self.device)
-        if self.cfg.augment_views:
-            batch["pixel_values"] = self.processor.image_processor.augment_pixel_values(
-                batch["pixel_values"], seed=step_seed
-            )
-        if self.cfg.mirror_scans:
-            batch["pixel_values"] = self.processor.image_processor.mirror_views(
-                batch["pixel_values"], self.cfg.mirror_scans, seed=[step_seed, 2]
-            )
-        if self.cfg.occlude_views:
-            batch["pixel_values"] = self.processor.image_processor.occlude_views(
-                batch["pixel_values"], self.cfg.occlude_views, seed=[step_seed, 1]
-            )
+        batch["pixel_values"] = self.processor.image_processor.augment_for_training(
+            batch["pixel_values"], step_seed, self.cfg.augment_views, self.cfg.mirror_scans, self.cfg.occlude_views
+        )
         batch.update(self.class_inputs)
         if self.cfg.augment_prompts and not self.split.multi_label:
             prompts = self.processor(
