@@ -4,7 +4,7 @@ on the synthetic generator, built once per architecture into the HF cache and re
 No pretrained image weights install offline, so the image tower learns from the data, and a benchmark has only
 hundreds of scans. On BU-3DFE-layout scans of a real face model (issue 14), the same command reached 69.4 % from
 scratch and 80.6 % starting from the main job's model, and that model's recipe (training/configs/demo.yaml) is the
-pretraining recipe.
+pretraining recipe; `pretraining_subjects` gives it more (or fewer) synthetic people, in a start of its own.
 """
 
 from __future__ import annotations
