@@ -9,13 +9,16 @@ The target is a BU-3DFE-layout tree written from the generator's transfer target
 (`SyntheticConfig.transfer_target`: shape family c, which the pretraining data (families a and b) never drew, and a
 denser mesh), and
 with another seed, so that neither its people nor its shape basis were seen in pretraining: the transfer measurement
-of issue 14. Each arm's runs pair with the default arm's on the same (fold, seed): the paired difference has a 95 %
-t interval, as in the accuracy study. On each fold's test people, the synthetic-pretrained start (not fine-tuned) and
+of issue 14. `--layout bu4dfe` writes the same generator's people as BU-4DFE-layout sequences instead, to measure the
+4D default (`--dataset bu4dfe`) the same way, without the depth CNN (it reads static scans). Each arm's runs pair
+with the default arm's on the same (fold, seed): the paired difference has a 95 % t interval, as in the accuracy
+study. On each fold's test people, the synthetic-pretrained start (not fine-tuned) and
 every arm's models are also tested zero-shot: prompted with the label names, with synonyms from the prompt
 table, and with words no training prompt held (`WORD_SETS`).
 
 Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--subjects N] [--folds K]
-    [--run-folds R] [--seeds S] [--arms default,scratch,...] [--target-seed N] [--work-dir DIR]
+    [--run-folds R] [--seeds S] [--arms default,scratch,...] [--target-seed N] [--layout bu3dfe|bu4dfe]
+    [--work-dir DIR]
 
 The first run builds the synthetic-pretrained model into the HF cache (about 9 minutes on the 2-core machine); each
 default-recipe run then takes about 6 minutes there with its zero-shot tests (it replays as many pretraining scans as
@@ -44,6 +47,9 @@ from benchmarks.common import load_average, write_json  # noqa: E402
 
 
 TARGET_SEED = 7  # the pretraining data uses the recipe's seed, 42
+# The target tree's layout, also the `--dataset` that reads it. bu4dfe measures the 4D default: sequences, which no
+# arm can replay synthetic scans into and the depth CNN cannot read.
+LAYOUTS = ("bu3dfe", "bu4dfe")
 QUICK = {"subjects": 6, "folds": 2, "run_folds": 1, "seeds": 1, "epochs": 1}
 FULL = {"subjects": 60, "folds": 10, "run_folds": 10, "seeds": 3, "epochs": None}  # BU-3DFE's size; the default epochs
 # Arm: (description, its TrainConfig fields besides the default command's). The other arms fine-tune from the default
@@ -89,11 +95,11 @@ WORD_SETS = {
 PRETRAINED_START = "the synthetic-pretrained start, not fine-tuned"
 
 
-def target_config(root, workdir, folds: int, epochs: int | None):
-    """`facet-vlm train --dataset bu3dfe --data-dir ROOT --protocol standard` with every other setting its default."""
+def target_config(layout: str, root, workdir, folds: int, epochs: int | None):
+    """`facet-vlm train --dataset LAYOUT --data-dir ROOT --protocol standard` with every other setting its default."""
     from training.config import TrainConfig
 
-    return TrainConfig(dataset="bu3dfe", data_dir=str(root), protocol="standard", num_folds=folds,
+    return TrainConfig(dataset=layout, data_dir=str(root), protocol="standard", num_folds=folds,
                        cache_dir=str(Path(workdir) / "cache"), **({"epochs": epochs} if epochs else {}))  # fmt: skip
 
 
@@ -125,13 +131,15 @@ def _zero_shot_summary(description: str, records: list) -> dict:
 
 
 def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None, arms=None, work_dir=None,
-        output=None, target_seed: int = TARGET_SEED) -> dict:  # fmt: skip
-    """The default arm, the `arms` named (default: every arm) and the depth CNN on the first `run_folds` folds with
-    `seeds` model seeds each; rewrites `output` after every (fold, seed) and returns the results. Another
-    `target_seed` writes other people of the same target generator: a tree to choose settings on, so that the
-    reported tree never chose them."""
+        output=None, target_seed: int = TARGET_SEED, layout: str = "bu3dfe") -> dict:  # fmt: skip
+    """The default arm, the `arms` named (default: every arm) and, on static scans, the depth CNN on the first
+    `run_folds` folds with `seeds` model seeds each; rewrites `output` after every (fold, seed) and returns the
+    results. Another `target_seed` writes other people of the same target generator: a tree to choose settings on,
+    so that the reported tree never chose them. `layout` (`LAYOUTS`) is the tree's and the command's dataset."""
     from benchmarks.baselines import DEPTH_CNN_RECIPE, train_depth_cnn
-    from datasets_scripts.synthetic_faces import SyntheticConfig, is_complete_tree, write_bu3dfe_tree
+    from datasets_scripts.synthetic_faces import (
+        SyntheticConfig, is_complete_tree, write_bu3dfe_tree, write_bu4dfe_tree,
+    )
     from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
     from training.data import load_splits
     from training.pretraining import synthetic_pretrained
@@ -140,6 +148,8 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     settings = dict(QUICK if quick else FULL)
     settings.update({key: value for key, value in dict(subjects=subjects, folds=folds, run_folds=run_folds,
                                                         seeds=seeds).items() if value})  # fmt: skip
+    if layout not in LAYOUTS:
+        raise ValueError(f"Unknown layout {layout!r}; choose one of {list(LAYOUTS)}.")
     unknown = set(arms or ()) - set(ARMS)
     if unknown:
         raise ValueError(f"Unknown arms {sorted(unknown)}; choose from {list(ARMS)}.")
@@ -147,19 +157,20 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     workdir = Path(work_dir or tempfile.mkdtemp(prefix="facet-pretraining-gain-"))
     started = time.perf_counter()
     generator = SyntheticConfig(seed=target_seed).transfer_target()
-    root = workdir / "bu3dfe"
+    root = workdir / layout
     if not is_complete_tree(root):
-        write_bu3dfe_tree(root, settings["subjects"], generator, num_workers=min(2, os.cpu_count() or 1),
-                          progress=False)  # fmt: skip
-    cfg = target_config(root, workdir, settings["folds"], settings["epochs"])
+        write_tree = write_bu4dfe_tree if layout == "bu4dfe" else write_bu3dfe_tree
+        write_tree(root, settings["subjects"], generator, num_workers=min(2, os.cpu_count() or 1), progress=False)
+    cfg = target_config(layout, root, workdir, settings["folds"], settings["epochs"])
     pretraining_started = time.perf_counter()
     pretrained = synthetic_pretrained(cfg, pretrain=train)
     results = {
         "benchmark": "pretraining_gain", "quick": quick, "complete": False,
-        "settings": {**settings, "target_seed": target_seed, "target_generator": dataclasses.asdict(generator),
+        "settings": {**settings, "layout": layout, "target_seed": target_seed,
+                     "target_generator": dataclasses.asdict(generator),
                      "protocol": cfg.protocol, "preset": cfg.preset, "epochs": cfg.epochs,
                      "learning_rate": cfg.learning_rate, "depth_cnn_recipe": dataclasses.asdict(DEPTH_CNN_RECIPE),
-                     "command": "facet-vlm train --dataset bu3dfe --data-dir ROOT --protocol standard --fold F "
+                     "command": f"facet-vlm train --dataset {layout} --data-dir ROOT --protocol standard --fold F "
                                 "--num-folds K --seed S [--init-from none]",
                      "arms": {arm: ARMS[arm][1] for arm in arms},
                      "zero_shot_words": WORD_SETS,
@@ -169,7 +180,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
         "load_average_before": load_average(),
     }  # fmt: skip
     processor = FacetMeshImageProcessor.from_model_config(FacetVLMConfig.from_preset(cfg.preset))
-    records = {name: [] for name in (*arms, "depth_cnn")}
+    records = {name: [] for name in arms}
     zero_shot = {name: [] for name in ("pretrained", *arms)}
     descriptions = {"pretrained": PRETRAINED_START, **{arm: ARMS[arm][0] for arm in arms}, "depth_cnn": DEPTH_CNN}
     for fold in range(settings["run_folds"]):
@@ -187,9 +198,11 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
                 zero_shot[arm].append({"fold": fold, "seed": seed,
                                        **zero_shot_accuracies(output_dir / "model", splits["test"])})  # fmt: skip
                 shutil.rmtree(output_dir / "model", ignore_errors=True)
-            depth = train_depth_cnn(splits["train"], splits["test"], processor.views, processor.channels, seed=seed)
-            records["depth_cnn"].append({"fold": fold, "seed": seed, "value": depth["accuracy"],
-                                         "train_value": depth["train_accuracy"]})  # fmt: skip
+            if splits["train"].frame_mask is None:
+                depth = train_depth_cnn(splits["train"], splits["test"], processor.views, processor.channels,
+                                        seed=seed)  # fmt: skip
+                records.setdefault("depth_cnn", []).append({"fold": fold, "seed": seed, "value": depth["accuracy"],
+                                                            "train_value": depth["train_accuracy"]})  # fmt: skip
             results["arms"] = {name: _summary(descriptions[name], runs,
                                               None if name == REFERENCE_ARM else records[REFERENCE_ARM])
                                for name, runs in records.items()}  # fmt: skip
@@ -213,6 +226,8 @@ def add_arguments(parser):
                         f"{', '.join(ARMS)}); the default arm always runs")
     parser.add_argument("--target-seed", type=int, default=TARGET_SEED, help=f"the target tree's people (default "
                         f"{TARGET_SEED}, the reported tree; another seed gives a tree to choose settings on)")
+    parser.add_argument("--layout", default="bu3dfe", choices=LAYOUTS, help="the target tree's layout and "
+                        "the command's --dataset (default bu3dfe; bu4dfe: 4D sequences, no depth CNN)")
     parser.add_argument("--work-dir", help="keep the data and runs in this folder (default: a temporary one)")
 
 

@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from datasets_scripts.registry import BENCHMARKS
+
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -241,9 +243,10 @@ def pretraining_markdown(r: dict, source: str = "pretraining.json") -> list:
     s = r["settings"]
     state = "" if r.get("complete") else " **(incomplete: still running or stopped; runs so far)**"
     generator = s["target_generator"]
+    layout = BENCHMARKS[s.get("layout", "bu3dfe")].name  # results written before the 4D layout are BU-3DFE trees
     lines = [
         f"### What the default start and its parts add, on faces of another shape family: `{source}`" + state, "",
-        f"Target: a BU-3DFE-layout tree of {s['subjects']} synthetic people from the generator's transfer target "
+        f"Target: a {layout}-layout tree of {s['subjects']} synthetic people from the generator's transfer target "
         f"(shape family {generator['shape_family']!r}, {generator['grid_spacing_mm']} mm mesh spacing, seed "
         f"{s['target_seed']}); the pretrained model (`{r['pretrained']}`, {_number(r.get('pretraining_seconds'), 0)} "
         f"s to build) never saw that family. Standard protocol, {_folds(s['run_folds'], s['folds'])}, "

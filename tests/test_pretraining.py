@@ -273,3 +273,25 @@ def test_an_epoch_order_holds_every_training_scan_once_and_fresh_replay_draws():
         assert len(replayed) == len(set(replayed.tolist())) == 5 and replayed.max() < 60
     assert set(first[first >= 10].tolist()) != set(second[second >= 10].tolist()), "each epoch draws again"
     assert epoch_order(seed=3, epoch=0, size=10, pool_size=50, pool_draws=5).tolist() == first.tolist()
+
+
+def test_the_gain_benchmark_measures_the_4d_default_on_bu4dfe_sequences(tmp_path, tiny_recipe, monkeypatch):
+    from benchmarks import pretraining_gain
+    from benchmarks.report import pretraining_markdown
+
+    command = pretraining_gain.target_config
+    monkeypatch.setattr(pretraining_gain, "target_config", lambda *args: dataclasses.replace(
+        command(*args), preset="tiny", max_steps=2, batch_size=8))  # fmt: skip
+    with pytest.raises(ValueError, match=r"Unknown layout 'bu5dfe'; choose one of \['bu3dfe', 'bu4dfe'\]"):
+        pretraining_gain.run(quick=True, layout="bu5dfe")
+    results = pretraining_gain.run(quick=True, layout="bu4dfe", arms=["scratch"], work_dir=tmp_path / "work",
+                                   target_seed=3)  # fmt: skip
+    assert (tmp_path / "work" / "bu4dfe" / "F001" / "Angry" / "000.wrl").is_file()
+    assert list(results["arms"]) == ["default", "scratch"], "the depth CNN reads static scans only"
+    assert results["settings"]["layout"] == "bu4dfe"
+    assert results["settings"]["command"].startswith("facet-vlm train --dataset bu4dfe ")
+    for summary in results["arms"].values():
+        assert len(summary["runs"]) == 1 and 0 <= summary["mean"] <= 1 and 0 <= summary["train_mean"] <= 1
+    assert list(results["zero_shot"]) == ["pretrained", "default", "scratch"]
+    table = "\n".join(pretraining_markdown(results))
+    assert "Target: a BU-4DFE-layout tree of 6 synthetic people" in table
