@@ -166,8 +166,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     pretrained = synthetic_pretrained(cfg, pretrain=train)
     results = {
         "benchmark": "pretraining_gain", "quick": quick, "complete": False,
-        "settings": {**settings, "layout": layout, "target_seed": target_seed,
-                     "target_generator": dataclasses.asdict(generator),
+        "settings": {**settings, "layout": layout, "target_generator": dataclasses.asdict(generator),
                      "protocol": cfg.protocol, "preset": cfg.preset, "epochs": cfg.epochs,
                      "learning_rate": cfg.learning_rate, "depth_cnn_recipe": dataclasses.asdict(DEPTH_CNN_RECIPE),
                      "command": f"facet-vlm train --dataset {layout} --data-dir ROOT --protocol standard --fold F "

@@ -248,7 +248,7 @@ def pretraining_markdown(r: dict, source: str = "pretraining.json") -> list:
         f"### What the default start and its parts add, on faces of another shape family: `{source}`" + state, "",
         f"Target: a {layout}-layout tree of {s['subjects']} synthetic people from the generator's transfer target "
         f"(shape family {generator['shape_family']!r}, {generator['grid_spacing_mm']} mm mesh spacing, seed "
-        f"{s['target_seed']}); the pretrained model (`{r['pretrained']}`, {_number(r.get('pretraining_seconds'), 0)} "
+        f"{generator['seed']}); the pretrained model (`{r['pretrained']}`, {_number(r.get('pretraining_seconds'), 0)} "
         f"s to build) never saw that family. Standard protocol, {_folds(s['run_folds'], s['folds'])}, "
         f"model seeds 1-{s['seeds']}; `{s['command']}`"
         + ("; **quick mode: a CI-sized check, not a result**" if r.get("quick") else "") + ". "

@@ -228,8 +228,8 @@ def _fixture_results(folder: Path) -> None:
     pretraining = {"quick": False, "complete": True, "pretrained": "hf-cache/model", "pretraining_seconds": 360.0,
                    "arms": {"default": pretraining_gain._summary("the default command", default, None),
                             "scratch": pretraining_gain._summary("from scratch", _runs([0.6, 0.7]), default)},
-                   "settings": {"subjects": 60, "folds": 10, "run_folds": 1, "seeds": 2, "target_seed": 7,
-                                "target_generator": {"shape_family": "b", "grid_spacing_mm": 2.4},
+                   "settings": {"subjects": 60, "folds": 10, "run_folds": 1, "seeds": 2,
+                                "target_generator": {"shape_family": "b", "grid_spacing_mm": 2.4, "seed": 7},
                                 "command": "facet-vlm train --dataset bu3dfe", "paired_difference": "arm minus default"},
                    "environment": {}}  # fmt: skip
     (folder / "parsing.json").write_text(json.dumps(parsing))
