@@ -51,7 +51,7 @@ TARGET_SEED = 7  # the pretraining data uses the recipe's seed, 42
 # arm can replay synthetic scans into and the depth CNN cannot read.
 LAYOUTS = ("bu3dfe", "bu4dfe")
 QUICK = {"subjects": 6, "folds": 2, "run_folds": 1, "seeds": 1, "epochs": 1}
-FULL = {"subjects": 60, "folds": 10, "run_folds": 10, "seeds": 3, "epochs": None}  # BU-3DFE's size; the default epochs
+FULL = {"subjects": 60, "folds": 10, "seeds": 3, "epochs": None}  # BU-3DFE's size; the default epochs
 # Arm: (description, its TrainConfig fields besides the default command's). The other arms fine-tune from the default
 # arm's pretrained model (so only the fine-tuning changes), unless they set `init_from: auto` to start from their own:
 # a part of the method that the defaults leave off is measured by putting it back.
@@ -130,6 +130,15 @@ def _zero_shot_summary(description: str, records: list) -> dict:
             "accuracy": {name: float(np.mean([record[name] for record in records])) for name in WORD_SETS}}  # fmt: skip
 
 
+def run_settings(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None) -> dict:
+    """`QUICK` or `FULL` with the values given; every fold is run unless `run_folds` asks for fewer."""
+    settings = dict(QUICK if quick else FULL)
+    settings.update({key: value for key, value in dict(subjects=subjects, folds=folds, run_folds=run_folds,
+                                                        seeds=seeds).items() if value})  # fmt: skip
+    settings["run_folds"] = min(settings.get("run_folds", settings["folds"]), settings["folds"])
+    return settings
+
+
 def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None, arms=None, work_dir=None,
         output=None, target_seed: int = TARGET_SEED, layout: str = "bu3dfe") -> dict:  # fmt: skip
     """The default arm, the `arms` named (default: every arm) and, on static scans, the depth CNN on the first
@@ -145,9 +154,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     from training.pretraining import synthetic_pretrained
     from training.train import train
 
-    settings = dict(QUICK if quick else FULL)
-    settings.update({key: value for key, value in dict(subjects=subjects, folds=folds, run_folds=run_folds,
-                                                        seeds=seeds).items() if value})  # fmt: skip
+    settings = run_settings(quick, subjects, folds, run_folds, seeds)
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown layout {layout!r}; choose one of {list(LAYOUTS)}.")
     unknown = set(arms or ()) - set(ARMS)

@@ -296,3 +296,12 @@ def test_the_gain_benchmark_measures_the_4d_default_on_bu4dfe_sequences(tmp_path
     assert list(results["zero_shot"]) == ["pretrained", "default", "scratch"]
     table = "\n".join(pretraining_markdown(results))
     assert "Target: a BU-4DFE-layout tree of 6 synthetic people" in table
+
+
+def test_the_gain_benchmark_runs_every_fold_of_fewer_folds_and_no_more():
+    from benchmarks import pretraining_gain
+
+    assert pretraining_gain.run_settings(folds=5)["run_folds"] == 5, "a sixth fold does not exist"
+    assert pretraining_gain.run_settings(folds=5, run_folds=2)["run_folds"] == 2
+    assert pretraining_gain.run_settings()["run_folds"] == pretraining_gain.FULL["folds"]
+    assert pretraining_gain.run_settings(quick=True, seeds=2) == {**pretraining_gain.QUICK, "seeds": 2}
