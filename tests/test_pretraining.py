@@ -255,6 +255,46 @@ def test_by_default_a_run_from_the_synthetic_pretrained_model_replays_its_people
         assert pretraining.replay_per_scan(dataclasses.replace(cfg, replay_synthetic=given), None, scans) == given
 
 
+def test_by_default_a_4d_run_from_the_synthetic_pretrained_model_keeps_its_vision_tower(tmp_path):
+    """`freeze_vision_blocks: None` (the default) freezes every vision block when the run starts from the
+    synthetic-pretrained model on sequences, and none otherwise; a count given is kept."""
+    from modeling_facet import FacetVLMConfig
+
+    cfg = _benchmark_run(tmp_path)
+    synthetic_start = pretraining.pretrained_folder(cfg) / "model"
+    FacetVLMConfig.from_preset("tiny").save_pretrained(synthetic_start)
+    sequences = _target_split(["anger", "fear"], frame_mask=torch.ones(2, 4, dtype=torch.bool))
+    assert cfg.freeze_vision_blocks is None
+    assert pretraining.frozen_vision_blocks(cfg, synthetic_start, sequences, tower_blocks=5) == 5
+    assert pretraining.frozen_vision_blocks(cfg, str(synthetic_start), sequences, tower_blocks=3) == 3
+    assert pretraining.frozen_vision_blocks(cfg, synthetic_start, _target_split(["anger"]), tower_blocks=5) == 0, \
+        "static scans fine-tune the whole tower"
+    assert pretraining.frozen_vision_blocks(cfg, None, sequences, tower_blocks=5) == 0, "from scratch"
+    assert pretraining.frozen_vision_blocks(cfg, tmp_path / "another-model", sequences, tower_blocks=5) == 0
+    for given in (0, 2):
+        frozen = pretraining.frozen_vision_blocks(dataclasses.replace(cfg, freeze_vision_blocks=given),
+                                                  synthetic_start, sequences, tower_blocks=5)  # fmt: skip
+        assert frozen == given
+
+
+def test_a_4d_run_from_the_synthetic_model_trains_all_but_its_vision_tower(tmp_path, tiny_recipe):
+    from modeling_facet import FacetVLMForExpressionRecognition
+    from modeling_facet.modeling_facet import vision_tower_blocks
+
+    metrics = train(TrainConfig(dataset="synthetic4d", protocol="all", synthetic_subjects=4, num_folds=2,
+                                preset="tiny", max_steps=2, batch_size=4, data_seed=9, init_from="synthetic",
+                                cache_dir=str(tmp_path / "data"), output=str(tmp_path / "run")))  # fmt: skip
+    start, tuned = (FacetVLMForExpressionRecognition.from_pretrained(folder).facet
+                    for folder in (metrics["init_from"], tmp_path / "run" / "model"))  # fmt: skip
+    blocks = vision_tower_blocks(start.vision_towers[0])
+    assert metrics["frozen_vision_blocks"] == len(blocks) and metrics["replayed_per_epoch"] == 0
+    kept = [(a, b) for block, tuned_block in zip(blocks, vision_tower_blocks(tuned.vision_towers[0]))
+            for a, b in zip(block.parameters(), tuned_block.parameters())]  # fmt: skip
+    assert kept and all(torch.equal(a, b) for a, b in kept)
+    assert not all(torch.equal(a, b) for a, b in zip(start.temporal.parameters(), tuned.temporal.parameters())), \
+        "the temporal transformer, which the start never trained, learns"
+
+
 def test_the_default_run_from_the_synthetic_model_replays(tmp_path, tiny_recipe):
     metrics = train(TrainConfig(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2, preset="tiny",
                                 max_steps=1, batch_size=4, data_seed=9, init_from="synthetic",

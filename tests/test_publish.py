@@ -36,7 +36,7 @@ METRICS = {
     "accuracy": 0.8125, "macro_f1": 0.7931, "per_class_recall": [0.9, 0.8, 0.7, 0.9, 0.8, 0.775],
     "labels": ["anger", "disgust", "fear", "happiness", "sadness", "surprise"], "num_samples": 48,
     "dataset": "synthetic", "protocol": "all", "fold": 0, "seed": 42, "train_samples": 192, "test_samples": 48,
-    "replayed_per_epoch": 192, "cross_dataset": {"accuracy": 0.41, "macro_f1": 0.37},
+    "replayed_per_epoch": 192, "frozen_vision_blocks": 5, "cross_dataset": {"accuracy": 0.41, "macro_f1": 0.37},
 }  # fmt: skip
 TRAIN_CONFIG = {"dataset": "synthetic", "protocol": "all", "num_folds": 5, "fold": 0, "seed": 42, "preset": "tiny",
                 "epochs": 3, "test_intensities": [3, 4], "eval_dataset": "bu3dfe", "eval_protocol": "all",
@@ -88,6 +88,7 @@ def test_model_card_holds_the_results_and_every_switch(run_dir):
     text = parsed.text
     assert "5 subject-independent folds (fold seed 42); all 2 folds were trained and tested" in text
     for row in ("| Training samples | 192 |", "| Synthetic scans replayed per epoch | 192 |",
+                "| Vision blocks kept at their starting weights | 5 |",
                 "| Chance of a training scan being mirrored | 0.5 |"):
         assert row in text, row
     for switch in ("views", "channels", "shared_vision_tower", "use_view_embeddings", "cvsa", "fusion_layers", "mtgf",

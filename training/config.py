@@ -38,7 +38,9 @@ class TrainConfig:
     text_pretrained: str | None = None
     init_from: str = "auto"  # a model folder or repo id, "synthetic", "none" or "auto" (training/pretraining.py)
     model_overrides: dict = field(default_factory=dict)
-    freeze_vision_blocks: int = 0  # the vision tower's first blocks (stem, then stages) that keep their start weights
+    # The vision tower's first blocks (stem, then stages) that keep their start weights; None: all of them when the run
+    # starts from the synthetic-pretrained model on sequences, else none (training/pretraining.py)
+    freeze_vision_blocks: int | None = None
     # Synthetic pretraining scans drawn into each epoch, per training scan; None: 1 when the run starts from the
     # synthetic-pretrained model on single-label static scans, else 0 (training/pretraining.py)
     replay_synthetic: float | None = None
@@ -89,7 +91,7 @@ class TrainConfig:
             raise ValueError(f"Unknown dataset {self.dataset!r}; choose one of {sorted(DATASETS)}.")
         if self.eval_dataset is not None and self.eval_dataset not in DATASETS:
             raise ValueError(f"Unknown eval dataset {self.eval_dataset!r}; choose one of {sorted(DATASETS)}.")
-        if self.freeze_vision_blocks < 0:
+        if self.freeze_vision_blocks is not None and self.freeze_vision_blocks < 0:
             raise ValueError(f"freeze_vision_blocks must be 0 or more; got {self.freeze_vision_blocks}.")
         if self.replay_synthetic is not None and self.replay_synthetic < 0:
             raise ValueError(f"replay_synthetic must be 0 or more; got {self.replay_synthetic}.")

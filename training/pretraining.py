@@ -113,6 +113,11 @@ def _unreplayable_kind(train_split: ExpressionSplit) -> str | None:
     return "sequences" if train_split.frame_mask is not None else None
 
 
+def _is_synthetic_start(cfg: TrainConfig, start) -> bool:
+    """Whether `start` is the synthetic-pretrained model of `cfg`'s architecture and pretraining people."""
+    return start is not None and Path(start) == pretrained_folder(cfg) / "model"
+
+
 def replay_per_scan(cfg: TrainConfig, start, train_split: ExpressionSplit) -> float:
     """Synthetic scans replayed per training scan every epoch: `cfg.replay_synthetic` when given; by default 1 when
     the run starts from the synthetic-pretrained model (`start`) on single-label static scans (what `replay_split`
@@ -120,10 +125,21 @@ def replay_per_scan(cfg: TrainConfig, start, train_split: ExpressionSplit) -> fl
     (benchmarks/results/pretraining_replay.json)."""
     if cfg.replay_synthetic is not None:
         return cfg.replay_synthetic
-    if start is None or Path(start) != pretrained_folder(cfg) / "model" or _unreplayable_kind(train_split):
+    if not _is_synthetic_start(cfg, start) or _unreplayable_kind(train_split):
         return 0.0
     learned = FacetVLMConfig.from_pretrained(start).id2label.values()  # the pretraining data's classes
     return 1.0 if set(learned) & set(train_split.label_names) else 0.0
+
+
+def frozen_vision_blocks(cfg: TrainConfig, start, train_split: ExpressionSplit, tower_blocks: int) -> int:
+    """Vision blocks (of the tower's `tower_blocks`) that keep their start weights: `cfg.freeze_vision_blocks` when
+    given; by default all of them when the run starts from the synthetic-pretrained model (`start`) on sequences, else
+    none. A 4D benchmark has a hundred-odd training sequences and the start never trained its temporal transformer:
+    on the 4D transfer benchmark, fine-tuning the whole tower fit the training sequences (98.5 % train) and tested
+    13.8 points below keeping it (benchmarks/results/pretraining_4d.json)."""
+    if cfg.freeze_vision_blocks is not None:
+        return cfg.freeze_vision_blocks
+    return tower_blocks if _is_synthetic_start(cfg, start) and train_split.frame_mask is not None else 0
 
 
 def replay_split(cfg: TrainConfig, image_processor, train_split: ExpressionSplit) -> ExpressionSplit:

@@ -146,6 +146,7 @@ def _evaluation(results: dict) -> tuple:
               ("augment_prompts", "Augmented prompts"))  # fmt: skip
     training_settings = [(name, settings[key]) for key, name in listed if settings.get(key) is not None]
     from_metrics = (("train_samples", "Training samples"), ("replayed_per_epoch", "Synthetic scans replayed per epoch"),
+                    ("frozen_vision_blocks", "Vision blocks kept at their starting weights"),
                     ("test_samples", "Test samples"))
     for key, name in from_metrics:
         if metrics.get(key) is not None:

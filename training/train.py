@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig, FacetVLMForExpressionRecognition, FacetVLMProcessor
+from modeling_facet.modeling_facet import vision_tower_blocks
 from modeling_facet.rasterization import to_device
 
 from . import checkpointing, divergence, pretraining, run_folder
@@ -140,12 +141,14 @@ def train(cfg: TrainConfig) -> dict:
     start = cfg.pretrained or pretraining.starting_checkpoint(cfg, pretrain=train)  # may pretrain (once per cache)
     set_seed(cfg.seed)
     model, processor = build_model_and_processor(cfg, is_multi_label(cfg.dataset), start)
-    model.base_model.freeze_vision_blocks(cfg.freeze_vision_blocks)
     with accelerator.main_process_first():  # rank 0 renders and caches (the replayed scans too); the others read it
         splits = load_splits(cfg, processor.image_processor, show_progress=accelerator.is_main_process)
         train_split, test_split, validation_split = splits["train"], splits["test"], splits.get("validation")
         replay_draws = round(pretraining.replay_per_scan(cfg, start, train_split) * len(train_split))
         replay = pretraining.replay_split(cfg, processor.image_processor, train_split) if replay_draws else None
+    tower_blocks = len(vision_tower_blocks(model.base_model.vision_towers[0]))
+    frozen_blocks = pretraining.frozen_vision_blocks(cfg, start, train_split, tower_blocks)
+    model.base_model.freeze_vision_blocks(frozen_blocks)
     validation_metric = "mean_f1" if train_split.multi_label else "accuracy"
     validation_key = f"validation_{validation_metric}"  # in epochs.jsonl
     model.config.id2label = dict(enumerate(train_split.label_names))
@@ -237,8 +240,8 @@ def train(cfg: TrainConfig) -> dict:
     metrics = _gathered_metrics(accelerator, model, processor, test_split)
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
                    data_seed=cfg.data_seed, init_from=None if start is None else str(start),
-                   train_samples=len(train_split), replayed_per_epoch=replay_draws, test_samples=len(test_split),
-                   world_size=world,
+                   train_samples=len(train_split), replayed_per_epoch=replay_draws, frozen_vision_blocks=frozen_blocks,
+                   test_samples=len(test_split), world_size=world,
                    parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
     train_metrics = _gathered_metrics(accelerator, model, processor, train_split)
