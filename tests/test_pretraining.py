@@ -62,6 +62,12 @@ def test_another_generator_version_gets_its_own_pretrained_model(monkeypatch):
     assert pretraining.pretrained_folder(cfg) != before
 
 
+def test_the_pretraining_recipe_trains_every_vision_block():
+    """The recipe says so itself (the 4D default's `freeze_vision_blocks: None` would also resolve to 0 for it), so
+    its settings, and with them the cache folders of the starts already built, did not change with that default."""
+    assert pretraining.pretraining_config(TrainConfig(preset="tiny")).freeze_vision_blocks == 0
+
+
 def test_more_pretraining_people_build_their_own_start_which_replay_then_draws(tmp_path, tiny_recipe):
     """`pretraining_subjects` pretrains the start on that many synthetic people instead of the recipe's, into its own
     cache folder, and replay draws from those people."""
