@@ -24,6 +24,17 @@ def tiny_recipe(tmp_path, monkeypatch):
     return recipe
 
 
+@pytest.fixture
+def pretraining_gain(monkeypatch):
+    """The gain benchmark with its target command on the tiny preset, two steps a run."""
+    from benchmarks import pretraining_gain
+
+    command = pretraining_gain.target_config
+    monkeypatch.setattr(pretraining_gain, "target_config", lambda *args: dataclasses.replace(
+        command(*args), preset="tiny", max_steps=2, batch_size=8))  # fmt: skip
+    return pretraining_gain
+
+
 def _benchmark_run(tmp_path, **settings) -> TrainConfig:
     return TrainConfig(dataset="bu3dfe", data_dir=str(tmp_path), preset="tiny", output=str(tmp_path / "run"),
                        **settings)  # fmt: skip
@@ -139,13 +150,10 @@ def test_a_run_records_where_it_started(tmp_path, tiny_recipe):
     assert scratch["init_from"] is None
 
 
-def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, tiny_recipe, monkeypatch):
-    from benchmarks import pretraining_gain
+def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, tiny_recipe, pretraining_gain,
+                                                                      monkeypatch):
     from benchmarks.report import pretraining_markdown
 
-    command = pretraining_gain.target_config
-    monkeypatch.setattr(pretraining_gain, "target_config", lambda *args: dataclasses.replace(
-        command(*args), preset="tiny", max_steps=2, batch_size=8))  # fmt: skip
     with pytest.raises(ValueError, match=r"Unknown arms \['bogus'\]"):
         pretraining_gain.run(quick=True, arms=["bogus"])
     (tmp_path / "work" / "bu3dfe" / "F0001").mkdir(parents=True)  # a killed run's partial tree: written again
@@ -322,13 +330,9 @@ def test_an_epoch_order_holds_every_training_scan_once_and_fresh_replay_draws():
     assert epoch_order(seed=3, epoch=0, size=10, pool_size=50, pool_draws=5).tolist() == first.tolist()
 
 
-def test_the_gain_benchmark_measures_the_4d_default_on_bu4dfe_sequences(tmp_path, tiny_recipe, monkeypatch):
-    from benchmarks import pretraining_gain
+def test_the_gain_benchmark_measures_the_4d_default_on_bu4dfe_sequences(tmp_path, tiny_recipe, pretraining_gain):
     from benchmarks.report import pretraining_markdown
 
-    command = pretraining_gain.target_config
-    monkeypatch.setattr(pretraining_gain, "target_config", lambda *args: dataclasses.replace(
-        command(*args), preset="tiny", max_steps=2, batch_size=8))  # fmt: skip
     with pytest.raises(ValueError, match=r"Unknown layout 'bu5dfe'; choose one of \['bu3dfe', 'bu4dfe'\]"):
         pretraining_gain.run(quick=True, layout="bu5dfe")
     results = pretraining_gain.run(quick=True, layout="bu4dfe", arms=["scratch"], work_dir=tmp_path / "work",
