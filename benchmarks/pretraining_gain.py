@@ -17,8 +17,8 @@ every arm's models are also tested zero-shot: prompted with the label names, wit
 table, and with words no training prompt held (`WORD_SETS`).
 
 Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--subjects N] [--folds K]
-    [--run-folds R] [--seeds S] [--arms default,scratch,...] [--target-seed N] [--layout bu3dfe|bu4dfe]
-    [--work-dir DIR]
+    [--run-folds R] [--seeds S] [--first-seed N] [--arms default,scratch,...] [--target-seed N]
+    [--layout bu3dfe|bu4dfe] [--work-dir DIR]
 
 The first run builds the synthetic-pretrained model into the HF cache (about 9 minutes on the 2-core machine); each
 default-recipe run then takes about 6 minutes there with its zero-shot tests (it replays as many pretraining scans as
@@ -130,20 +130,24 @@ def _zero_shot_summary(description: str, records: list) -> dict:
             "accuracy": {name: float(np.mean([record[name] for record in records])) for name in WORD_SETS}}  # fmt: skip
 
 
-def run_settings(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None) -> dict:
-    """`QUICK` or `FULL` with the values given; every fold is run unless `run_folds` asks for fewer."""
+def run_settings(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None, first_seed=None) -> dict:
+    """`QUICK` or `FULL` with the values given; every fold is run unless `run_folds` asks for fewer, with model seeds
+    `first_seed` (default 1) onwards, so that a later run can add seeds to a measurement."""
+    if first_seed is not None and first_seed < 1:
+        raise ValueError(f"first_seed must be 1 or more; got {first_seed}.")
     settings = dict(QUICK if quick else FULL)
     settings.update({key: value for key, value in dict(subjects=subjects, folds=folds, run_folds=run_folds,
                                                         seeds=seeds).items() if value})  # fmt: skip
     settings["run_folds"] = min(settings.get("run_folds", settings["folds"]), settings["folds"])
+    settings["first_seed"] = first_seed or 1
     return settings
 
 
-def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None, arms=None, work_dir=None,
-        output=None, target_seed: int = TARGET_SEED, layout: str = "bu3dfe") -> dict:  # fmt: skip
+def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=None, first_seed=None, arms=None,
+        work_dir=None, output=None, target_seed: int = TARGET_SEED, layout: str = "bu3dfe") -> dict:  # fmt: skip
     """The default arm, the `arms` named (default: every arm) and, on static scans, the depth CNN on the first
-    `run_folds` folds with `seeds` model seeds each; rewrites `output` after every (fold, seed) and returns the
-    results. Another `target_seed` writes other people of the same target generator: a tree to choose settings on,
+    `run_folds` folds with `seeds` model seeds each (from `first_seed`); rewrites `output` after every (fold, seed)
+    and returns the results. Another `target_seed` writes other people of the same target generator: a tree to choose settings on,
     so that the reported tree never chose them. `layout` (`LAYOUTS`) is the tree's and the command's dataset."""
     from benchmarks.baselines import DEPTH_CNN_RECIPE, train_depth_cnn
     from datasets_scripts.synthetic_faces import (
@@ -154,7 +158,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     from training.pretraining import synthetic_pretrained
     from training.train import train
 
-    settings = run_settings(quick, subjects, folds, run_folds, seeds)
+    settings = run_settings(quick, subjects, folds, run_folds, seeds, first_seed)
     if layout not in LAYOUTS:
         raise ValueError(f"Unknown layout {layout!r}; choose one of {list(LAYOUTS)}.")
     unknown = set(arms or ()) - set(ARMS)
@@ -192,7 +196,7 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
     for fold in range(settings["run_folds"]):
         splits = load_splits(dataclasses.replace(cfg, fold=fold), processor, show_progress=False)
         zero_shot["pretrained"].append({"fold": fold, **zero_shot_accuracies(pretrained, splits["test"])})
-        for seed in range(1, settings["seeds"] + 1):
+        for seed in range(settings["first_seed"], settings["first_seed"] + settings["seeds"]):
             for arm in arms:
                 output_dir = workdir / "runs" / f"fold-{fold}" / f"seed-{seed}" / arm
                 fields = {"init_from": str(pretrained), **ARMS[arm][1]} if arm != REFERENCE_ARM else {}
@@ -228,6 +232,8 @@ def add_arguments(parser):
     parser.add_argument("--folds", type=int, help=f"subject-independent folds (default {FULL['folds']})")
     parser.add_argument("--run-folds", type=int, help="run the first R folds (default: all)")
     parser.add_argument("--seeds", type=int, help=f"model seeds per fold (default {FULL['seeds']})")
+    parser.add_argument("--first-seed", type=int, help="the first model seed (default 1; a later one adds seeds to an "
+                        "earlier run's on the same tree and starts)")
     parser.add_argument("--arms", type=lambda text: text.split(","), help=f"comma-separated arms (default: all of "
                         f"{', '.join(ARMS)}); the default arm always runs")
     parser.add_argument("--target-seed", type=int, default=TARGET_SEED, help=f"the target tree's people (default "

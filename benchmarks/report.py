@@ -244,13 +244,14 @@ def pretraining_markdown(r: dict, source: str = "pretraining.json") -> list:
     state = "" if r.get("complete") else " **(incomplete: still running or stopped; runs so far)**"
     generator = s["target_generator"]
     layout = BENCHMARKS[s.get("layout", "bu3dfe")].name  # results written before the 4D layout are BU-3DFE trees
+    first_seed = s.get("first_seed", 1)  # results written before --first-seed start at 1
     lines = [
         f"### What the default start and its parts add, on faces of another shape family: `{source}`" + state, "",
         f"Target: a {layout}-layout tree of {s['subjects']} synthetic people from the generator's transfer target "
         f"(shape family {generator['shape_family']!r}, {generator['grid_spacing_mm']} mm mesh spacing, seed "
         f"{generator['seed']}); the pretrained model (`{r['pretrained']}`, {_number(r.get('pretraining_seconds'), 0)} "
         f"s to build) never saw that family. Standard protocol, {_folds(s['run_folds'], s['folds'])}, "
-        f"model seeds 1-{s['seeds']}; `{s['command']}`"
+        f"model seeds {first_seed}-{first_seed + s['seeds'] - 1}; `{s['command']}`"
         + ("; **quick mode: a CI-sized check, not a result**" if r.get("quick") else "") + ". "
         f"Paired difference: {s['paired_difference']}. Wall time {_number(r.get('wall_seconds'))} s. "
         f"Command: `{_environment(r).get('command', '-')}`" + _note(r),

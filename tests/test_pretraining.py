@@ -354,4 +354,18 @@ def test_the_gain_benchmark_runs_every_fold_of_fewer_folds_and_no_more():
     assert pretraining_gain.run_settings(folds=5)["run_folds"] == 5, "a sixth fold does not exist"
     assert pretraining_gain.run_settings(folds=5, run_folds=2)["run_folds"] == 2
     assert pretraining_gain.run_settings()["run_folds"] == pretraining_gain.FULL["folds"]
-    assert pretraining_gain.run_settings(quick=True, seeds=2) == {**pretraining_gain.QUICK, "seeds": 2}
+    assert pretraining_gain.run_settings(quick=True, seeds=2) == {**pretraining_gain.QUICK, "seeds": 2, "first_seed": 1}
+
+
+def test_the_gain_benchmark_adds_later_model_seeds_to_a_measurement(tmp_path, tiny_recipe, pretraining_gain):
+    from benchmarks.report import pretraining_markdown
+
+    assert pretraining_gain.run_settings(seeds=2, first_seed=4)["first_seed"] == 4
+    assert pretraining_gain.run_settings()["first_seed"] == 1
+    with pytest.raises(ValueError, match="first_seed must be 1 or more; got 0"):
+        pretraining_gain.run_settings(first_seed=0)
+    results = pretraining_gain.run(quick=True, seeds=2, first_seed=4, work_dir=tmp_path / "work", arms=["scratch"],
+                                   target_seed=3)  # fmt: skip
+    assert [run["seed"] for run in results["arms"]["scratch"]["runs"]] == [4, 5]
+    assert [run["seed"] for run in results["zero_shot"]["default"]["runs"]] == [4, 5]
+    assert "model seeds 4-5" in "\n".join(pretraining_markdown(results))
