@@ -2,8 +2,9 @@
 (`--dataset bu3dfe --protocol standard`, which starts from the synthetic-pretrained model, training/pretraining.py)
 against the same command with `--init-from none`, beside the depth-CNN baseline, and the default with each part it
 leaves off put back (mixed view augmentation, L_cons, L_gf), another learning rate, frozen vision blocks, early
-stopping on held-out training people, more synthetic replay or none, mirrored scans, a start pretrained on more
-synthetic people, all on the same subject-independent folds and model seeds.
+stopping on held-out training people, more synthetic replay or none, mirrored scans, a start pretrained on the main
+job's 100 synthetic people instead of the default start's `PRETRAINING_SUBJECTS` (training/pretraining.py), all on the
+same subject-independent folds and model seeds.
 
 The target is a BU-3DFE-layout tree written from the generator's transfer target
 (`SyntheticConfig.transfer_target`: shape family c, which the pretraining data (families a and b) never drew, and a
@@ -20,10 +21,10 @@ Usage: python -m benchmarks.pretraining_gain --output FILE.json [--quick] [--sub
     [--run-folds R] [--seeds S] [--first-seed N] [--arms default,scratch,...] [--target-seed N]
     [--layout bu3dfe|bu4dfe] [--work-dir DIR]
 
-The first run builds the synthetic-pretrained model into the HF cache (about 9 minutes on the 2-core machine); each
-default-recipe run then takes about 6 minutes there with its zero-shot tests (it replays as many pretraining scans as
-it trains on; about 3 without, about 9 with two per scan), so one fold x 3 seeds of every arm take about four hours.
-The 300-people arm first builds its own start (about 28 minutes there).
+The first run builds the synthetic-pretrained model into the HF cache (about 11 minutes on the 2-core machine, 28
+on a slower one); each default-recipe run then takes about 4-6 minutes there with its zero-shot tests (it
+replays as many pretraining scans as it trains on; about 3 without, about 9 with two per scan), so one fold x 3 seeds
+of every arm take about four hours. The 100-people arm first builds its own start (about 4 minutes there).
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ ARMS = {
                  {"replay_synthetic": 2.0}),
     "mirror_scans": ("default start, `--mirror-scans 0.5` (half the training scans mirrored left to right)",
                      {"mirror_scans": 0.5}),
-    "pretraining_300_people": ("`--pretraining-subjects 300` (a start pretrained on 300 synthetic people, replayed)",
-                               {"pretraining_subjects": 300, "init_from": "auto"}),
+    "pretraining_100_people": ("`--pretraining-subjects 100` (a start pretrained on the main job's 100 synthetic "
+                               "people, replayed)", {"pretraining_subjects": 100, "init_from": "auto"}),
     "validation_6": ("default start, `--validation-subjects 6` (the best epoch on 6 training people)",
                      {"validation_subjects": 6}),
 }

@@ -20,6 +20,7 @@ def tiny_recipe(tmp_path, monkeypatch):
     recipe.write_text(yaml.safe_dump(dict(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2,
                                           fold=0, max_steps=2, batch_size=8, seed=5)))  # fmt: skip
     monkeypatch.setattr(pretraining, "PRETRAINING_CONFIG", recipe)
+    monkeypatch.setattr(pretraining, "PRETRAINING_SUBJECTS", 4)
     monkeypatch.setattr(pretraining, "cache_root", lambda: tmp_path / "hf-home" / "facet-vlm")
     return recipe
 
@@ -79,9 +80,25 @@ def test_the_pretraining_recipe_trains_every_vision_block():
     assert pretraining.pretraining_config(TrainConfig(preset="tiny")).freeze_vision_blocks == 0
 
 
+def test_the_default_start_learns_from_300_synthetic_people_in_the_folder_that_asking_for_300_names():
+    """The main job trains on 100 people; the start has 3 times as many, and a start built before with
+    `--pretraining-subjects 300` is the default one (the same settings, so the same cache folder)."""
+    from training.config import DEMO_CONFIG
+
+    default = TrainConfig(preset="tiny")
+    assert pretraining.PRETRAINING_SUBJECTS == 300
+    assert pretraining.pretraining_config(default).synthetic_subjects == 300
+    assert TrainConfig.from_yaml(DEMO_CONFIG).synthetic_subjects == 100, "the main job keeps its 100 people"
+    assert pretraining.pretrained_folder(default) == pretraining.pretrained_folder(
+        dataclasses.replace(default, pretraining_subjects=300))  # fmt: skip
+    fewer = dataclasses.replace(default, pretraining_subjects=100)
+    assert pretraining.pretraining_config(fewer).synthetic_subjects == 100
+    assert pretraining.pretrained_folder(fewer) != pretraining.pretrained_folder(default)
+
+
 def test_more_pretraining_people_build_their_own_start_which_replay_then_draws(tmp_path, tiny_recipe):
-    """`pretraining_subjects` pretrains the start on that many synthetic people instead of the recipe's, into its own
-    cache folder, and replay draws from those people."""
+    """`pretraining_subjects` pretrains the start on that many synthetic people instead of `PRETRAINING_SUBJECTS`,
+    into its own cache folder, and replay draws from those people."""
     from modeling_facet import FacetMeshImageProcessor, FacetVLMConfig
 
     built = []
@@ -91,7 +108,7 @@ def test_more_pretraining_people_build_their_own_start_which_replay_then_draws(t
         return train(cfg)
 
     default, larger = _benchmark_run(tmp_path), _benchmark_run(tmp_path, pretraining_subjects=6)
-    assert pretraining.pretraining_config(default).synthetic_subjects == 4, "None keeps the recipe's people"
+    assert pretraining.pretraining_config(default).synthetic_subjects == 4, "None: PRETRAINING_SUBJECTS"
     start = pretraining.starting_checkpoint(larger, pretrain=pretrain)
     assert built == [6] and start == pretraining.pretrained_folder(larger) / "model"
     assert pretraining.pretrained_folder(larger) != pretraining.pretrained_folder(default)
@@ -157,15 +174,15 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
     with pytest.raises(ValueError, match=r"Unknown arms \['bogus'\]"):
         pretraining_gain.run(quick=True, arms=["bogus"])
     (tmp_path / "work" / "bu3dfe" / "F0001").mkdir(parents=True)  # a killed run's partial tree: written again
-    more_people = pretraining_gain.ARMS["pretraining_300_people"]
-    assert more_people[1] == {"pretraining_subjects": 300, "init_from": "auto"}
-    monkeypatch.setitem(pretraining_gain.ARMS, "pretraining_300_people", (more_people[0], {
+    other_people = pretraining_gain.ARMS["pretraining_100_people"]
+    assert other_people[1] == {"pretraining_subjects": 100, "init_from": "auto"}
+    monkeypatch.setitem(pretraining_gain.ARMS, "pretraining_100_people", (other_people[0], {
         "pretraining_subjects": 6, "init_from": "auto"}))  # fmt: skip
-    results = pretraining_gain.run(quick=True, arms=["scratch", "l_gf", "pretraining_300_people"],
+    results = pretraining_gain.run(quick=True, arms=["scratch", "l_gf", "pretraining_100_people"],
                                    work_dir=tmp_path / "work", output=tmp_path / "gain.json", target_seed=3)
-    assert list(results["arms"]) == ["default", "scratch", "l_gf", "pretraining_300_people", "depth_cnn"]
+    assert list(results["arms"]) == ["default", "scratch", "l_gf", "pretraining_100_people", "depth_cnn"]
     starts = [path.name for path in (pretraining.cache_root() / "synthetic-pretrained").iterdir() if path.is_dir()]
-    assert len(starts) == 2, f"the larger start is built beside the default one: {starts}"
+    assert len(starts) == 2, f"the other start is built beside the default one: {starts}"
     for summary in results["arms"].values():
         assert len(summary["runs"]) == 1 and 0 <= summary["mean"] <= 1 and 0 <= summary["train_mean"] <= 1
     assert results["arms"]["scratch"]["paired_difference"]["pairs"] == 1
@@ -174,12 +191,12 @@ def test_the_gain_benchmark_pairs_every_arm_with_the_default_command(tmp_path, t
         "the seed has one home, the generator's settings"
     assert json.loads((tmp_path / "gain.json").read_text())["arms"].keys() == results["arms"].keys()
     zero_shot = results["zero_shot"]
-    assert list(zero_shot) == ["pretrained", "default", "scratch", "l_gf", "pretraining_300_people"], \
+    assert list(zero_shot) == ["pretrained", "default", "scratch", "l_gf", "pretraining_100_people"], \
         "the start, then every arm's models"
     for summary in zero_shot.values():
         assert list(summary["accuracy"]) == list(pretraining_gain.WORD_SETS)
         assert all(0 <= value <= 1 for value in summary["accuracy"].values()) and len(summary["runs"]) == 1
-    for arm in ("default", "scratch", "l_gf", "pretraining_300_people"):
+    for arm in ("default", "scratch", "l_gf", "pretraining_100_people"):
         run = results["arms"][arm]["runs"][0]
         assert zero_shot[arm]["runs"][0]["label_names"] == pytest.approx(run["value"]), f"{arm}: the same prompts"
     table = "\n".join(pretraining_markdown(results))

@@ -44,7 +44,7 @@ class TrainConfig:
     # Synthetic pretraining scans drawn into each epoch, per training scan; None: 1 when the run starts from the
     # synthetic-pretrained model on single-label static scans, else 0 (training/pretraining.py)
     replay_synthetic: float | None = None
-    # Synthetic people that start is pretrained on; None: the recipe's (training/configs/demo.yaml)
+    # Synthetic people that start is pretrained on; None: PRETRAINING_SUBJECTS (training/pretraining.py)
     pretraining_subjects: int | None = None
     epochs: int = 20
     max_steps: int | None = None
