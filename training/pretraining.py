@@ -97,8 +97,8 @@ def synthetic_pretrained(cfg: TrainConfig, pretrain) -> Path:
         recipe = dataclasses.replace(settings, output=str(partial / "run"),
                                      cache_dir=str(partial / "cache"))  # fmt: skip
         print(f"Pretraining FACET-VLM ({cfg.preset} preset) on {recipe.synthetic_subjects} synthetic people, once for "
-              f"this architecture, into {folder} (the main job's recipe: about 6 minutes per 100 people on a "
-              f"2-core CPU for the small preset; --init-from none skips it).", flush=True)  # fmt: skip
+              f"this architecture, into {folder} (the main job's recipe: about 4 to 9 minutes per 100 people "
+              f"on a 2-core CPU for the small preset; --init-from none skips it).", flush=True)  # fmt: skip
         metrics = pretrain(recipe)
         shutil.rmtree(partial / "cache")
         (partial / "run" / "model").rename(partial / "model")
