@@ -148,8 +148,9 @@ def run(quick: bool = False, subjects=None, folds=None, run_folds=None, seeds=No
         work_dir=None, output=None, target_seed: int = TARGET_SEED, layout: str = "bu3dfe") -> dict:  # fmt: skip
     """The default arm, the `arms` named (default: every arm) and, on static scans, the depth CNN on the first
     `run_folds` folds with `seeds` model seeds each (from `first_seed`); rewrites `output` after every (fold, seed)
-    and returns the results. Another `target_seed` writes other people of the same target generator: a tree to choose settings on,
-    so that the reported tree never chose them. `layout` (`LAYOUTS`) is the tree's and the command's dataset."""
+    and returns the results. Another `target_seed` writes other people of the same target generator: a tree to choose
+    settings on, so that the reported tree never chose them. `layout` (`LAYOUTS`) is the tree's and the command's
+    dataset."""
     from benchmarks.baselines import DEPTH_CNN_RECIPE, train_depth_cnn
     from datasets_scripts.synthetic_faces import (
         SyntheticConfig, is_complete_tree, write_bu3dfe_tree, write_bu4dfe_tree,

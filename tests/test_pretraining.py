@@ -80,7 +80,7 @@ def test_the_pretraining_recipe_trains_every_vision_block():
     assert pretraining.pretraining_config(TrainConfig(preset="tiny")).freeze_vision_blocks == 0
 
 
-def test_the_default_start_learns_from_300_synthetic_people_in_the_folder_that_asking_for_300_names():
+def test_the_default_start_learns_from_300_synthetic_people_and_is_the_start_that_asking_for_300_builds():
     """The main job trains on 100 people; the start has 3 times as many, and a start built before with
     `--pretraining-subjects 300` is the default one (the same settings, so the same cache folder)."""
     from training.config import DEMO_CONFIG
@@ -371,7 +371,8 @@ def test_the_gain_benchmark_runs_every_fold_of_fewer_folds_and_no_more():
     assert pretraining_gain.run_settings(folds=5)["run_folds"] == 5, "a sixth fold does not exist"
     assert pretraining_gain.run_settings(folds=5, run_folds=2)["run_folds"] == 2
     assert pretraining_gain.run_settings()["run_folds"] == pretraining_gain.FULL["folds"]
-    assert pretraining_gain.run_settings(quick=True, seeds=2) == {**pretraining_gain.QUICK, "seeds": 2, "first_seed": 1}
+    assert pretraining_gain.run_settings(quick=True, seeds=2) == {**pretraining_gain.QUICK, "seeds": 2,
+                                                                  "first_seed": 1}  # fmt: skip
 
 
 def test_the_gain_benchmark_adds_later_model_seeds_to_a_measurement(tmp_path, tiny_recipe, pretraining_gain):

@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--preset", default="small")
     pretrain.add_argument("--model-overrides", type=json.loads, default={}, help="JSON, as for train")
     pretrain.add_argument("--pretraining-subjects", type=int, help="synthetic people to pretrain on, as for train "
-                          "(default: the default start's, PRETRAINING_SUBJECTS in training/pretraining.py)")  # fmt: skip
+                          "(default: PRETRAINING_SUBJECTS in training/pretraining.py)")  # fmt: skip
     pretrain.set_defaults(handler=_pretrain)
 
     evaluate = commands.add_parser("evaluate", help="Evaluate a trained model on a benchmark split.")
