@@ -229,9 +229,11 @@ def paired_difference(records: list, reference: list) -> dict:
     differences = [r["value"] - by_run[(r["fold"], r["seed"])] for r in records if (r["fold"], r["seed"]) in by_run]
     result = {"pairs": len(differences), "mean": float(np.mean(differences)) if differences else None,
               "ci95": None, "verdict": "too few pairs"}  # fmt: skip
-    if len(differences) >= MIN_PAIRS and np.ptp(differences) < 1e-9:  # equal up to float rounding
+    if len(differences) < MIN_PAIRS:
+        return result
+    if np.ptp(differences) < 1e-9:  # equal up to float rounding
         result["verdict"] = "no spread between pairs"
-    elif len(differences) >= MIN_PAIRS:
+    else:
         half = stats.t.ppf(0.975, len(differences) - 1) * np.std(differences, ddof=1) / math.sqrt(len(differences))
         low, high = result["mean"] - half, result["mean"] + half
         result["ci95"] = [float(low), float(high)]
