@@ -5,8 +5,8 @@ other, so no thread setting or memory peak of one leaks into the next; the accur
 DIR/accuracy_study.json. Then `benchmarks.report` regenerates DIR/SUMMARY.md (and, with --update-readme, the
 README's results section) from the JSON files.
 
-Names: parsing, rendering, processor, views, training, pipeline, synthetic and demo (the main job, timed) form the
-group "speed"; accuracy (the accuracy study) and pretraining (what synthetic pretraining adds,
+Names: parsing, rendering, processor, views, training, pipeline, synthetic, demo (the main job, timed), limits and
+loading form the group "speed"; accuracy (the accuracy study) and pretraining (what synthetic pretraining adds,
 benchmarks/pretraining_gain.py) measure accuracy; "all" (default) is every one of them.
 """
 
@@ -28,6 +28,7 @@ SPEED = {
     "processor": "benchmarks.bench_processor", "views": "benchmarks.bench_views",
     "training": "benchmarks.bench_training", "pipeline": "benchmarks.bench_pipeline",
     "synthetic": "benchmarks.bench_synthetic", "demo": "benchmarks.bench_demo", "limits": "benchmarks.bench_limits",
+    "loading": "benchmarks.bench_loading",
 }  # fmt: skip
 ACCURACY = {"accuracy": "benchmarks.accuracy_study"}
 BENCHMARKS = {**SPEED, **ACCURACY, "pretraining": "benchmarks.pretraining_gain"}

@@ -22,6 +22,7 @@ SPEED_BENCHMARKS = {
     "parsing": "Scan parsing", "rendering": "Rendering (3 views, 224 px)", "processor": "Image processor, end to end",
     "views": "Dataset views preparation", "training": "Training step", "pipeline": "Pipeline latency",
     "synthetic": "Synthetic data generation", "demo": "Main job", "limits": "Hostile input",
+    "loading": "Split loading (float32 pixels -> float16)",
 }  # fmt: skip
 
 
@@ -159,9 +160,20 @@ def _limits(r: dict) -> list:
     return rows
 
 
+def _loading(r: dict) -> list:
+    chunked, at_once = r["chunked"], r["all_at_once"]
+    return [
+        (f"{r['rows']:,} samples ({r['float32_gb']} GB of float32): time, chunked", f"{_number(chunked['seconds'])} s",
+         f"all rows at once {_number(at_once['seconds'])} s", _ratio(at_once["seconds"], chunked["seconds"])),
+        (f"peak memory above the process (holding {chunked['held_gb']} GB of float16), chunked",
+         f"+{_number(chunked['peak_increase_gb'])} GB", f"all rows at once +{_number(at_once['peak_increase_gb'])} GB",
+         _ratio(at_once["peak_increase_gb"], chunked["peak_increase_gb"])),
+    ]  # fmt: skip
+
+
 SPEED_ROWS = {"parsing": _parsing, "rendering": _rendering, "processor": _processor, "views": _views,
               "training": _training, "pipeline": _pipeline, "synthetic": _synthetic, "demo": _demo,
-              "limits": _limits}  # fmt: skip
+              "limits": _limits, "loading": _loading}  # fmt: skip
 
 
 def _environment(r: dict) -> dict:

@@ -241,6 +241,10 @@ def _fixture_results(folder: Path) -> None:
     demo = {"quick": False, "wall_seconds": 331.7, "train_seconds": 245.1, "budget_seconds": 900, "accuracy": 0.925,
             "macro_f1": 0.925, "target_accuracy": 0.9, "test_samples": 240, "environment": {}}  # fmt: skip
     (folder / "demo.json").write_text(json.dumps(demo))
+    loading = {"quick": False, "rows": 6480, "float32_gb": 5.56, "environment": {},
+               "chunked": {"seconds": 10.0, "peak_increase_gb": 2.0, "held_gb": 1.67},
+               "all_at_once": {"seconds": 15.0, "peak_increase_gb": 6.0, "held_gb": 1.67}}  # fmt: skip
+    (folder / "loading.json").write_text(json.dumps(loading))
     liveness = {"run": "outputs/demo", "test_samples": 240,
                 "config": {"cvsa": "attention", "mtgf": True, "views": [[0, 0], [20, 0], [-20, 0]]},
                 "cvsa": {"mean": [0.4, 0.3, 0.3], "std_across_samples": [0.05, 0.02, 0.03],
@@ -282,6 +286,8 @@ def test_report_writes_the_summary_and_rewrites_only_the_readme_section(tmp_path
     assert "shape family 'b', 2.4 mm mesh spacing, seed 7); the pretrained model (`hf-cache/model`, 360 s" in summary
     assert "| Main job | `facet-vlm demo`: whole command, wall time | 332 s (training 245 s) | budget 900 s | 0.37x" in summary
     assert "| 92.5 % (macro F1 0.925) | target 90 % | +2.5 points |" in summary
+    assert "| 6,480 samples (5.56 GB of float32): time, chunked | 10.00 s | all rows at once 15.00 s | 1.50x |" in summary
+    assert "(holding 1.67 GB of float16), chunked | +2.00 GB | all rows at once +6.00 GB | 3.00x |" in summary
     assert "| from scratch | 0.650 | 0.050 | 1.000 | -15.0 points: too few pairs | 2 |" in summary  # no interval
     assert summary.count("| the default command | 0.800 | 0.000 | 1.000 | - | 2 |") == 2  # the reference: no pairing
     assert "`pretraining_ablation.json`" in summary and "| default start, without L_gf | 0.750 |" in summary
@@ -344,6 +350,20 @@ def test_quick_demo_benchmark_runs_the_main_job(tmp_path):
     assert results["quick"] and results["wall_seconds"] > results["train_seconds"] > 0
     assert 0.0 <= results["accuracy"] <= 1.0 and results["test_samples"] > 0
     assert results["classified"]["true_label"] == "happiness" and results["classified"]["prediction"][0]["score"] > 0
+
+
+def test_loading_benchmark_converts_one_split_both_ways(monkeypatch):
+    from benchmarks import bench_loading
+
+    monkeypatch.setattr(bench_loading, "ROWS", {"quick": 64})
+    monkeypatch.setattr(bench_loading, "REPEATS", 1)
+    results = bench_loading.run(quick=True)
+    held = round(64 * np.prod(bench_loading.SAMPLE_SHAPE) * 2 / 2**30, 3)
+    assert results["rows"] == 64 and results["float32_gb"] >= 2 * held - 0.01
+    for way in ("chunked", "all_at_once"):
+        assert results[way]["held_gb"] == held and results[way]["seconds"] > 0
+        assert results[way]["peak_increase_gb"] >= held - 0.005  # the result itself is anonymous memory
+    assert results["time_ratio"] > 0 and results["peak_ratio"] > 0
 
 
 def test_study_rows_can_be_selected_by_name():

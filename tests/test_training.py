@@ -486,3 +486,29 @@ def test_mirroring_views_without_mirror_images_fails_before_training():
     BatchBuilder(TrainConfig(preset="tiny"), processor, split, "cpu")  # no mirroring asked for: any views
     with pytest.raises(ValueError, match=r"no mirror image of view \[30.0, 0.0\]"):
         BatchBuilder(TrainConfig(preset="tiny", mirror_scans=0.5), processor, split, "cpu")
+
+
+def test_a_split_reaches_float16_without_a_float32_copy_of_all_its_pixels(monkeypatch):
+    """Pixels are stored as float32 and held as float16: converting them in bounded chunks keeps a large split (the
+    synthetic start's people, replayed) from needing 1.5 times its float32 size in memory at once."""
+    import tracemalloc
+
+    import datasets
+
+    from datasets_scripts.registry import DATASETS
+    from training import data
+
+    rows, shape = 48, (3, 5, 16, 16)
+    pixels = np.random.default_rng(0).standard_normal((rows, *shape)).astype(np.float32)
+    features = datasets.Features({"pixel_values": datasets.Array4D(shape=shape, dtype="float32"),
+                                  "expression": datasets.Value("int64"), "subject": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict({"pixel_values": pixels, "expression": [i % 3 for i in range(rows)],
+                                          "subject": [f"S{i // 6}" for i in range(rows)]}, features=features)
+    monkeypatch.setattr(data, "PIXEL_CHUNK_ROWS", 4)
+    tracemalloc.start()
+    split = data._to_split(dataset, DATASETS["synthetic"], ["a", "b", "c"], [0, 1, 2])
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert split.pixel_values.dtype == torch.float16
+    torch.testing.assert_close(split.pixel_values, torch.from_numpy(pixels).half(), rtol=0, atol=0)
+    assert peak < pixels.nbytes / 3, f"converting the pixels peaked at {peak} bytes for {pixels.nbytes} of float32"
