@@ -163,9 +163,10 @@ def _limits(r: dict) -> list:
 def _loading(r: dict) -> list:
     chunked, at_once = r["chunked"], r["all_at_once"]
     return [
-        (f"{r['rows']:,} samples ({r['float32_gb']} GB of float32): time, chunked", f"{_number(chunked['seconds'])} s",
-         f"all rows at once {_number(at_once['seconds'])} s", _ratio(at_once["seconds"], chunked["seconds"])),
-        (f"peak memory above the process (holding {chunked['held_gb']} GB of float16), chunked",
+        (f"{r['rows']:,} samples ({_number(r['float32_gb'])} GB of float32): time, chunked",
+         f"{_number(chunked['seconds'])} s", f"all rows at once {_number(at_once['seconds'])} s",
+         _ratio(at_once["seconds"], chunked["seconds"])),
+        (f"peak memory above the process (holding {_number(chunked['held_gb'])} GB of float16), chunked",
          f"+{_number(chunked['peak_increase_gb'])} GB", f"all rows at once +{_number(at_once['peak_increase_gb'])} GB",
          _ratio(at_once["peak_increase_gb"], chunked["peak_increase_gb"])),
     ]  # fmt: skip
