@@ -25,7 +25,7 @@ from benchmarks.common import benchmark_main, load_average
 
 
 SAMPLE_SHAPE = (3, 5, 96, 96)  # views, channels, height, width of the small preset
-ROWS = {"full": 6480, "quick": 512}  # the default start's 300 people x 24 scans (train and test splits)
+ROWS = {"full": 6480, "quick": 512}  # the default start's splits: 5,760 training and 720 test scans
 REPEATS = 2
 
 

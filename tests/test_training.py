@@ -504,7 +504,7 @@ def test_a_split_reaches_float16_without_a_float32_copy_of_all_its_pixels(monkey
                                   "expression": datasets.Value("int64"), "subject": datasets.Value("string")})
     dataset = datasets.Dataset.from_dict({"pixel_values": pixels, "expression": [i % 3 for i in range(rows)],
                                           "subject": [f"S{i // 6}" for i in range(rows)]}, features=features)
-    monkeypatch.setattr(data, "PIXEL_CHUNK_ROWS", 4)
+    monkeypatch.setattr(data, "PIXEL_CHUNK_BYTES", 4 * pixels[0].nbytes)  # 4 rows at a time
     tracemalloc.start()
     split = data._to_split(dataset, DATASETS["synthetic"], ["a", "b", "c"], [0, 1, 2])
     peak = tracemalloc.get_traced_memory()[1]
