@@ -136,13 +136,12 @@ def _float16_pixels(dataset) -> torch.Tensor:
     """The dataset's float32 `pixel_values` as one float16 tensor, converted `PIXEL_CHUNK_BYTES` at a time: at once,
     a float32 copy of the whole split would sit beside the result (three times the result's memory)."""
     rows = dataset.select_columns(["pixel_values"]).with_format("numpy")
-    chunk_rows = max(1, PIXEL_CHUNK_BYTES // (4 * math.prod(dataset.features["pixel_values"].shape)))
-    pixels = torch.empty((0,), dtype=torch.float16)  # an empty split, as numpy gives it
+    shape = dataset.features["pixel_values"].shape  # fixed per dataset (Array4D or Array5D)
+    chunk_rows = max(1, PIXEL_CHUNK_BYTES // (4 * math.prod(shape)))
+    pixels = torch.empty((len(rows), *shape) if len(rows) else (0,), dtype=torch.float16)  # empty: as numpy gives it
     for start in range(0, len(rows), chunk_rows):
-        chunk = torch.from_numpy(np.asarray(rows[start:start + chunk_rows]["pixel_values"], dtype=np.float16))
-        if start == 0:
-            pixels = torch.empty((len(rows), *chunk.shape[1:]), dtype=torch.float16)
-        pixels[start:start + len(chunk)] = chunk
+        pixels[start:start + chunk_rows] = torch.from_numpy(
+            np.asarray(rows[start:start + chunk_rows]["pixel_values"], dtype=np.float16))
     return pixels
 
 
