@@ -170,6 +170,7 @@ _HOLE_SITE_WEIGHTS = np.array([0.3, 0.2, 0.25, 0.1, 0.15])
 _BND_STYLES = ("%.9g", "%.6f")
 _BND_STYLE_WEIGHTS = np.array([0.83, 0.17])  # share of each style in the real BU-4DFE landmark release
 _MODEL_CACHE_SIZE = 4
+_FIELD_SHIFT_MM = 8.0  # vertical shift of an AU field per unit of SyntheticConfig.au_field_variation
 
 # Purposes that key the random streams.
 (_STREAM_GENDERS, _STREAM_SUBJECT, _STREAM_IDENTITY, _STREAM_STYLE, _STREAM_SCAN, _STREAM_SEQUENCE,
@@ -219,6 +220,11 @@ class SyntheticConfig:
         coactivation_weight: the partner's activation relative to the AU that pulls it in.
         asymmetry_sigma: per-subject standard deviation of each AU's left/right imbalance: gains 1 - a on one side
             and 1 + a on the other (|a| <= 0.8).
+        au_field_variation: per-subject variation of where and how each AU deforms the face (muscles and tissue
+            differ between people): each AU's field stretched by log-normal factors of this sigma across and along
+            the face, moved up or down by ``_FIELD_SHIFT_MM`` times it, and its displacement mixed between the axes
+            by I + N(0, sigma^2) (:func:`_varied_action_unit_fields`). 0 keeps one template of each field for
+            everybody; the AU labels are the same either way.
         intensity_floor: per-subject range of the activation reached at intensity scale 0.
         intensity_ceiling: per-subject range of the activation reached at intensity scale 1 (apex): a subject's
             intensity ``s`` becomes ``floor + (ceiling - floor) * s``, so some people stay subtle.
@@ -255,6 +261,7 @@ class SyntheticConfig:
     coactivation_prob: float = 0.35
     coactivation_weight: tuple = (0.2, 0.5)
     asymmetry_sigma: float = 0.2
+    au_field_variation: float = 0.0
     intensity_floor: tuple = (0.0, 0.1)
     intensity_ceiling: tuple = (0.7, 1.1)
     pose_sigma_deg: tuple = (7.0, 6.0, 3.0)
@@ -279,7 +286,7 @@ class SyntheticConfig:
                 raise ValueError(f"SyntheticConfig.{name} must lie in [0, 1], got {getattr(self, name)!r}")
         for name in ("identity_scale", "shape_noise_mm", "expressivity_sigma", "au_gain_sigma",
                      "translation_sigma_mm", "spike_sigma_mm", "holes_per_scan", "max_spikes",
-                     "resting_expression_sigma", "asymmetry_sigma"):
+                     "resting_expression_sigma", "asymmetry_sigma", "au_field_variation"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SyntheticConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         pairs = {name: getattr(self, name) for name in (
@@ -704,20 +711,46 @@ def _coactivate(rng, activations, config: SyntheticConfig) -> None:
 
 
 def _sample_traits(rng, config: SyntheticConfig) -> SimpleNamespace:
-    """A subject's resting expression (AU activations of the neutral face), AU imbalance and intensity range."""
+    """A subject's resting expression (AU activations of the neutral face), AU imbalance, intensity range and AU
+    field warps (None without ``au_field_variation``; drawn last, so that the others do not depend on it)."""
     scale = np.array([_RESTING_SCALE.get(au, 1.0) for au in AU_LIST])
     resting = rng.normal(0.0, config.resting_expression_sigma, len(AU_LIST)) * scale
     one_sided = [_AU_INDEX[au] for au in _RESTING_ONE_SIDED]
     resting[one_sided] = np.abs(resting[one_sided])
     asymmetry = np.clip(rng.normal(0.0, config.asymmetry_sigma, len(AU_LIST)), -0.8, 0.8)
     intensity_range = (_uniform(rng, config.intensity_floor), _uniform(rng, config.intensity_ceiling))
-    return SimpleNamespace(resting=resting, asymmetry=asymmetry, intensity_range=intensity_range)
+    field_warps = None
+    if config.au_field_variation > 0:
+        sigma, count = config.au_field_variation, len(AU_LIST)
+        field_warps = SimpleNamespace(
+            stretch=np.exp(rng.normal(0.0, sigma, (count, 2))), shift=rng.normal(0.0, _FIELD_SHIFT_MM * sigma, count),
+            mix=np.eye(3) + rng.normal(0.0, sigma, (count, 3, 3)),
+        )
+    return SimpleNamespace(resting=resting, asymmetry=asymmetry, intensity_range=intensity_range,
+                           field_warps=field_warps)  # fmt: skip
+
+
+def _varied_action_unit_fields(x, y, shape, warps) -> np.ndarray:
+    """``_action_unit_fields`` of a person whose AUs act over their own extent and place: AU k's field taken at
+    (x / sx, c + (y - c) / sy - shift) with c the height of its template field's centre, its displacement
+    multiplied by its mix matrix (``warps``: stretch (n_AU, 2), shift (n_AU,), mix (n_AU, 3, 3))."""
+    template = _action_unit_fields(x, y, shape)
+    weight = np.linalg.norm(template, axis=2)
+    centre_y = (weight * y).sum(axis=1) / weight.sum(axis=1)
+    out = np.empty_like(template)
+    for k, ((stretch_x, stretch_y), shift, mix) in enumerate(zip(warps.stretch, warps.shift, warps.mix)):
+        warped_y = centre_y[k] + (y - centre_y[k]) / stretch_y - shift
+        out[k] = _action_unit_fields(x / stretch_x, warped_y, shape)[k] @ mix.T
+    return out
 
 
 def _identity_surface(x, y, shape, traits):
     """The neutral face at points (x, y), resting expression included, and the AU fields there, each AU weighted
     by 1 - a on the subject's x < 0 side and 1 + a on the other (a: the subject's imbalance of that AU)."""
-    basis = _action_unit_fields(x, y, shape)
+    if traits.field_warps is None:
+        basis = _action_unit_fields(x, y, shape)
+    else:
+        basis = _varied_action_unit_fields(x, y, shape, traits.field_warps)
     side = np.tanh(_feature_frame(x, y, shape)[0] / 10.0)
     basis *= (1.0 + traits.asymmetry[:, None] * side[None, :])[..., None]
     neutral = np.column_stack([x, y, _neutral_height(x, y, shape)]) + np.tensordot(traits.resting, basis, axes=1)

@@ -59,6 +59,7 @@ def test_public_tables_are_consistent():
         ({"shape_family": "d"}, "shape_family"),
         ({"coactivation_prob": 2.0}, "coactivation_prob"),
         ({"asymmetry_sigma": -0.1}, "asymmetry_sigma"),
+        ({"au_field_variation": -0.1}, "au_field_variation"),
         ({"intensity_floor": (0.0, 0.7), "intensity_ceiling": (0.6, 1.0)}, "intensity_floor"),
     ],
 )
@@ -292,6 +293,20 @@ def test_bu4dfe_tree_layout_landmark_release_and_labels(tmp_path):
 def expression_displacement(generator, subject, code, level=4):
     """Per-vertex displacement of a clean scan from the subject's neutral scan (same vertices when clean)."""
     return generator.scan(subject, code, level)[0].vertices - generator.scan(subject, "NE", 0)[0].vertices
+
+
+def test_au_field_variation_gives_each_person_their_own_expression_fields():
+    base = replace(SMALL.clean(), intensity_jitter=0.0, resting_expression_sigma=0.0)  # the same vertices kept
+    assert SyntheticConfig().au_field_variation == 0.0, "the default generator keeps one template of each AU field"
+    template, varied = SyntheticFaceGenerator(base), SyntheticFaceGenerator(replace(base, au_field_variation=0.3))
+    for subject in range(4):
+        np.testing.assert_array_equal(template.scan(subject, "HA", 4)[1]["aus"], varied.scan(subject, "HA", 4)[1]["aus"])
+        for code in ("HA", "AN"):
+            plain, own = (expression_displacement(g, subject, code).ravel() for g in (template, varied))
+            cosine = plain @ own / np.linalg.norm(plain) / np.linalg.norm(own)
+            assert 0.3 < cosine < 0.97, (subject, code, cosine)  # the same expression, deforming the face its own way
+    again = SyntheticFaceGenerator(replace(base, au_field_variation=0.3))
+    assert_same_scans(again.scan(2, "SU", 3), varied.scan(2, "SU", 3))
 
 
 def test_identity_subspace_fraction_reaches_the_real_face_band_only_with_resting_expressions():
