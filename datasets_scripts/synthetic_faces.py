@@ -18,6 +18,8 @@ People vary as in real scans, again each a knob:
   measures how much of each expression then lies in the identity subspace (88-92 % in a real face model);
 * intensities are person-specific: an overall gain, per-AU gains, and a floor and ceiling of intensity;
 * AUs act asymmetrically (per-subject left/right gains) and pull in their usual partners (AU6 with AU12...);
+* with ``au_field_variation`` (off by default), each person's AU fields also act over their own extent and place
+  and mix their displacement between the axes, instead of following one template;
 * prototypes overlap as in the EMFACS variants: anger, fear and sadness share AU4, fear and sadness AU1;
 * three shape families (``shape_family``: feature placement, bump basis, triangulation) and the mesh density
   let one pretrain on one generator and test on a clearly different one (``SyntheticConfig.transfer_target()``);
@@ -224,7 +226,8 @@ class SyntheticConfig:
             differ between people): each AU's field stretched by log-normal factors of this sigma across and along
             the face, moved up or down by ``_FIELD_SHIFT_MM`` times it, and its displacement mixed between the axes
             by I + N(0, sigma^2) (:func:`_varied_action_unit_fields`). 0 keeps one template of each field for
-            everybody; the AU labels are the same either way.
+            everybody; the AU labels are the same either way. Pretraining on it (0.3) did not help on the dev tree
+            (``benchmarks/results/dev_experiments.json``, ``au_field_variation``).
         intensity_floor: per-subject range of the activation reached at intensity scale 0.
         intensity_ceiling: per-subject range of the activation reached at intensity scale 1 (apex): a subject's
             intensity ``s`` becomes ``floor + (ceiling - floor) * s``, so some people stay subtle.
