@@ -80,6 +80,8 @@ ARMS = {
                      {"mirror_scans": 0.5}),
     "pretraining_100_people": ("`--pretraining-subjects 100` (a start pretrained on the main job's 100 synthetic "
                                "people, replayed)", {"pretraining_subjects": 100, "init_from": "auto"}),
+    "person_runs_4": ("default start, `--scans-per-person 4` (each batch in runs of 4 scans of one person)",
+                      {"scans_per_person": 4}),
     "validation_6": ("default start, `--validation-subjects 6` (the best epoch on 6 training people)",
                      {"validation_subjects": 6}),
 }

@@ -347,6 +347,56 @@ def test_an_epoch_order_holds_every_training_scan_once_and_fresh_replay_draws():
     assert epoch_order(seed=3, epoch=0, size=10, pool_size=50, pool_draws=5).tolist() == first.tolist()
 
 
+def test_an_epoch_order_in_runs_of_one_persons_scans_holds_every_training_scan_once_and_fresh_replay_runs():
+    """With `scans_per_person` k, an epoch is a shuffle of runs of k scans of one person (each person's scans shuffled
+    and cut into runs; the replay draws cut from the pool's people alike), so that a batch holds a few expressions of
+    each of its people; k = 1 is the plain order."""
+    from training.train import epoch_order
+
+    subjects = [f"F{i // 6}" for i in range(30)] + [f"S{i // 10}" for i in range(40)]  # 5 people of 6, 4 of 10
+    order = epoch_order(seed=3, epoch=0, size=30, pool_size=40, pool_draws=12, subjects=subjects, scans_per_person=4)
+    assert len(order) == 42 and sorted(order[order < 30].tolist()) == list(range(30))
+    replayed = order[order >= 30]
+    assert len(replayed) == len(set(replayed.tolist())) == 12
+    people = [subjects[i] for i in order]
+    runs = 1 + sum(a != b for a, b in zip(people, people[1:]))
+    assert runs <= 5 * 2 + 3, "each person's 6 scans in runs of 4 and 2, the 12 replayed in 3 runs of 4"
+    again = epoch_order(seed=3, epoch=0, size=30, pool_size=40, pool_draws=12, subjects=subjects, scans_per_person=4)
+    assert again.tolist() == order.tolist()
+    later = epoch_order(seed=3, epoch=1, size=30, pool_size=40, pool_draws=12, subjects=subjects, scans_per_person=4)
+    assert later.tolist() != order.tolist()
+    plain = epoch_order(seed=3, epoch=0, size=30, pool_size=40, pool_draws=12)
+    assert epoch_order(seed=3, epoch=0, size=30, pool_size=40, pool_draws=12, subjects=subjects,
+                       scans_per_person=1).tolist() == plain.tolist()  # fmt: skip
+    many = epoch_order(seed=3, epoch=0, size=30, pool_size=40, pool_draws=50, subjects=subjects, scans_per_person=4)
+    assert len(many) == 80 and set(many[many >= 30].tolist()) == set(range(30, 70)), "a small pool is drawn again"
+    with pytest.raises(ValueError, match="scans_per_person must be 1 or more"):
+        TrainConfig(scans_per_person=0)
+
+
+def test_a_run_in_runs_of_one_persons_scans_trains_and_records_them(tmp_path, tiny_recipe):
+    metrics = train(TrainConfig(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2, preset="tiny",
+                                max_steps=1, batch_size=4, data_seed=9, init_from="synthetic", scans_per_person=4,
+                                cache_dir=str(tmp_path / "data"), output=str(tmp_path / "run")))  # fmt: skip
+    assert metrics["scans_per_person"] == 4
+
+
+def test_a_start_built_before_scans_per_person_keeps_its_cache_folder(tiny_recipe):
+    """Settings added after starts were built stay out of a start's hash at the value that repeats the runs from
+    before, so that the starts in users' caches stay valid; a recipe with another value gets a start of its own."""
+    import hashlib
+
+    cfg = TrainConfig(preset="tiny")
+    recipe = pretraining.pretraining_config(cfg)
+    assert recipe.scans_per_person == 1
+    before = {key: value for key, value in dataclasses.asdict(recipe).items() if key != "scans_per_person"}
+    settings = json.dumps({**before, "generator_version": pretraining.GENERATOR_VERSION}, sort_keys=True)
+    folder = pretraining.pretrained_folder(cfg)
+    assert folder.name == f"tiny-{hashlib.sha256(settings.encode()).hexdigest()[:12]}"
+    tiny_recipe.write_text(yaml.safe_dump({**yaml.safe_load(tiny_recipe.read_text()), "scans_per_person": 4}))
+    assert pretraining.pretrained_folder(cfg) != folder
+
+
 def test_the_gain_benchmark_measures_the_4d_default_on_bu4dfe_sequences(tmp_path, tiny_recipe, pretraining_gain):
     from benchmarks.report import pretraining_markdown
 

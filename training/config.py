@@ -46,6 +46,9 @@ class TrainConfig:
     replay_synthetic: float | None = None
     # Synthetic people that start is pretrained on; None: PRETRAINING_SUBJECTS (training/pretraining.py)
     pretraining_subjects: int | None = None
+    # An epoch is a shuffle of runs of this many scans of one person (replayed people too), so that a batch sets a few
+    # expressions of each of its people against each other; 1: every scan shuffled on its own
+    scans_per_person: int = 1
     epochs: int = 20
     max_steps: int | None = None
     batch_size: int = 32
@@ -97,6 +100,8 @@ class TrainConfig:
             raise ValueError(f"replay_synthetic must be 0 or more; got {self.replay_synthetic}.")
         if self.pretraining_subjects is not None and self.pretraining_subjects < 1:
             raise ValueError(f"pretraining_subjects must be 1 or more; got {self.pretraining_subjects}.")
+        if self.scans_per_person < 1:
+            raise ValueError(f"scans_per_person must be 1 or more; got {self.scans_per_person}.")
         if not 0 <= self.mirror_scans <= 1:
             raise ValueError(f"mirror_scans must be a probability in [0, 1]; got {self.mirror_scans}.")
         if self.validation_subjects < 0:

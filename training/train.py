@@ -186,9 +186,10 @@ def train(cfg: TrainConfig) -> dict:
     model.train()
     while step < total_steps:
         epoch, position = divmod(step, steps_per_epoch)
-        order = epoch_order(cfg.seed, epoch, len(train_split), len(epoch_split) - len(train_split), replay_draws)
+        order = epoch_order(cfg.seed, epoch, len(train_split), len(epoch_split) - len(train_split), replay_draws,
+                            epoch_split.subjects, cfg.scans_per_person)
         global_indices = order[position * global_batch:(position + 1) * global_batch]
-        indices = global_indices[rank::world].tolist()
+        indices = global_indices[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].tolist()  # a person's run stays
         step_seed = _step_seed(cfg.seed, step)
         torch.manual_seed(step_seed)
         with accelerator.accumulate(model):
@@ -241,6 +242,7 @@ def train(cfg: TrainConfig) -> dict:
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
                    data_seed=cfg.data_seed, init_from=None if start is None else str(start),
                    train_samples=len(train_split), replayed_per_epoch=replay_draws, frozen_vision_blocks=frozen_blocks,
+                   scans_per_person=cfg.scans_per_person,
                    test_samples=len(test_split), world_size=world,
                    parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
@@ -264,14 +266,40 @@ def train(cfg: TrainConfig) -> dict:
     return metrics
 
 
-def epoch_order(seed: int, epoch: int, size: int, pool_size: int = 0, pool_draws: int = 0) -> np.ndarray:
+def epoch_order(seed: int, epoch: int, size: int, pool_size: int = 0, pool_draws: int = 0, subjects=None,
+                scans_per_person: int = 1) -> np.ndarray:
     """The shuffled sample indices of one epoch: every training sample (0 .. size-1) once, plus `pool_draws`
-    replayed samples (size .. size+pool_size-1) drawn afresh each epoch, without repeats while the pool has enough."""
+    replayed samples (size .. size+pool_size-1) drawn afresh each epoch, without repeats while the pool has enough.
+    With `scans_per_person` above 1 the epoch is a shuffle of runs of that many scans of one person (`subjects` names
+    each sample's): each person's scans are shuffled and cut into runs, the replayed ones from the pool's people."""
     rng = np.random.default_rng([seed, epoch])
+    if scans_per_person > 1:
+        runs = _person_runs(rng, range(size), subjects, scans_per_person)
+        pool = _person_runs(rng, range(size, size + pool_size), subjects, scans_per_person)
+        drawn = 0
+        while drawn < pool_draws:
+            for run in (pool[i] for i in rng.permutation(len(pool))):
+                runs.append(run[: pool_draws - drawn])
+                drawn += len(runs[-1])
+                if drawn == pool_draws:
+                    break
+        return np.concatenate([runs[i] for i in rng.permutation(len(runs))])
     if not pool_draws:
         return rng.permutation(size)
     drawn = size + rng.choice(pool_size, size=pool_draws, replace=pool_draws > pool_size)
     return rng.permutation(np.concatenate([np.arange(size), drawn]))
+
+
+def _person_runs(rng, indices, subjects, length: int) -> list:
+    """`indices` grouped by their person in `subjects`, each person's shuffled and cut into runs of `length`."""
+    people = {}
+    for index in indices:
+        people.setdefault(subjects[index], []).append(index)
+    runs = []
+    for scans in people.values():
+        scans = rng.permutation(scans)
+        runs += [scans[start : start + length] for start in range(0, len(scans), length)]
+    return runs
 
 
 def best_validation(history: list, key: str) -> dict | None:
