@@ -47,7 +47,8 @@ class TrainConfig:
     # Synthetic people that start is pretrained on; None: PRETRAINING_SUBJECTS (training/pretraining.py)
     pretraining_subjects: int | None = None
     # An epoch is a shuffle of runs of this many scans of one person (replayed people too), so that a batch sets a few
-    # expressions of each of its people against each other; 1: every scan shuffled on its own
+    # expressions of each of its people against each other; 1: every scan shuffled on its own. Off: no measured effect
+    # on the transfer benchmark (benchmarks/results/pretraining_person_runs.json)
     scans_per_person: int = 1
     epochs: int = 20
     max_steps: int | None = None
