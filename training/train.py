@@ -189,7 +189,7 @@ def train(cfg: TrainConfig) -> dict:
         order = epoch_order(cfg.seed, epoch, len(train_split), len(epoch_split) - len(train_split), replay_draws,
                             epoch_split.subjects, cfg.scans_per_person)
         global_indices = order[position * global_batch:(position + 1) * global_batch]
-        indices = global_indices[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].tolist()  # a person's run stays
+        indices = global_indices[rank * cfg.batch_size:(rank + 1) * cfg.batch_size].tolist()  # runs stay whole
         step_seed = _step_seed(cfg.seed, step)
         torch.manual_seed(step_seed)
         with accelerator.accumulate(model):
@@ -277,7 +277,7 @@ def epoch_order(seed: int, epoch: int, size: int, pool_size: int = 0, pool_draws
         runs = _person_runs(rng, range(size), subjects, scans_per_person)
         pool = _person_runs(rng, range(size, size + pool_size), subjects, scans_per_person)
         drawn = 0
-        while drawn < pool_draws:
+        while pool and drawn < pool_draws:
             for run in (pool[i] for i in rng.permutation(len(pool))):
                 runs.append(run[: pool_draws - drawn])
                 drawn += len(runs[-1])
