@@ -40,7 +40,7 @@ METRICS = {
 }  # fmt: skip
 TRAIN_CONFIG = {"dataset": "synthetic", "protocol": "all", "num_folds": 5, "fold": 0, "seed": 42, "preset": "tiny",
                 "epochs": 3, "test_intensities": [3, 4], "eval_dataset": "bu3dfe", "eval_protocol": "all",
-                "mirror_scans": 0.5}  # fmt: skip
+                "mirror_scans": 0.5, "scans_per_person": 4}  # fmt: skip
 CV = {"folds": [{"fold": 0, "accuracy": 0.8125, "macro_f1": 0.79}, {"fold": 1, "accuracy": 0.75, "macro_f1": 0.74}],
       "accuracy_mean": 0.78, "accuracy_std": 0.03}  # fmt: skip
 
@@ -89,7 +89,8 @@ def test_model_card_holds_the_results_and_every_switch(run_dir):
     assert "5 subject-independent folds (fold seed 42); all 2 folds were trained and tested" in text
     for row in ("| Training samples | 192 |", "| Synthetic scans replayed per epoch | 192 |",
                 "| Vision blocks kept at their starting weights | 5 |",
-                "| Chance of a training scan being mirrored | 0.5 |"):
+                "| Chance of a training scan being mirrored | 0.5 |",
+                "| Scans of one person in a row in the training order | 4 |"):
         assert row in text, row
     for switch in ("views", "channels", "shared_vision_tower", "use_view_embeddings", "cvsa", "fusion_layers", "mtgf",
                    "temporal", "logit_scale_max", "problem_type", "loss_weight_ce", "loss_weight_itc",

@@ -143,6 +143,7 @@ def _evaluation(results: dict) -> tuple:
     listed = (("preset", "Preset"), ("epochs", "Epochs"), ("batch_size", "Batch size"), ("learning_rate", "Learning rate"),
               ("train_intensities", "Training intensities"), ("augment_views", "Mixed view augmentation"),
               ("mirror_scans", "Chance of a training scan being mirrored"),
+              ("scans_per_person", "Scans of one person in a row in the training order"),
               ("augment_prompts", "Augmented prompts"))  # fmt: skip
     training_settings = [(name, settings[key]) for key, name in listed if settings.get(key) is not None]
     from_metrics = (("train_samples", "Training samples"), ("replayed_per_epoch", "Synthetic scans replayed per epoch"),
