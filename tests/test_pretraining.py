@@ -378,7 +378,8 @@ def test_a_run_in_runs_of_one_persons_scans_trains_and_records_them(tmp_path, ti
     metrics = train(TrainConfig(dataset="synthetic", protocol="all", synthetic_subjects=4, num_folds=2, preset="tiny",
                                 max_steps=1, batch_size=4, data_seed=9, init_from="synthetic", scans_per_person=4,
                                 cache_dir=str(tmp_path / "data"), output=str(tmp_path / "run")))  # fmt: skip
-    assert metrics["scans_per_person"] == 4
+    assert metrics["steps"] == 1
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["scans_per_person"] == 4
 
 
 def test_a_start_built_before_scans_per_person_keeps_its_cache_folder(tiny_recipe):

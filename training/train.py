@@ -242,7 +242,6 @@ def train(cfg: TrainConfig) -> dict:
     metrics.update(dataset=cfg.dataset, protocol=cfg.protocol, fold=cfg.fold, steps=step, seed=cfg.seed,
                    data_seed=cfg.data_seed, init_from=None if start is None else str(start),
                    train_samples=len(train_split), replayed_per_epoch=replay_draws, frozen_vision_blocks=frozen_blocks,
-                   scans_per_person=cfg.scans_per_person,
                    test_samples=len(test_split), world_size=world,
                    parameters_in_sync=_parameters_in_sync(accelerator, model),
                    train_seconds=time.perf_counter() - started)  # fmt: skip
